@@ -1,0 +1,23 @@
+# Every dependency comes from Debian 12 packages (see third_party/README.md) or, on a CUDA
+# machine, from the LibTorch that ships with its PyTorch (CMAKE_PREFIX_PATH).
+find_package(Torch REQUIRED)
+find_package(ICU REQUIRED COMPONENTS uc i18n)
+find_package(nlohmann_json 3.10 REQUIRED)
+find_package(spdlog REQUIRED)
+find_package(Threads REQUIRED)
+
+# Torch's exported target carries its include paths; mark them as system headers so that
+# our warning flags do not drown in theirs.
+get_target_property(_torch_includes torch INTERFACE_INCLUDE_DIRECTORIES)
+add_library(singleinsert_torch INTERFACE)
+target_link_libraries(singleinsert_torch INTERFACE "${TORCH_LIBRARIES}")
+target_include_directories(singleinsert_torch SYSTEM INTERFACE ${_torch_includes} ${TORCH_INCLUDE_DIRS})
+
+if(SINGLEINSERT_WITH_OPENCV)
+  find_package(OpenCV REQUIRED COMPONENTS core imgproc imgcodecs)
+  find_package(CLI11 REQUIRED)
+  find_package(ZLIB REQUIRED)
+endif()
+
+# A faster allocator for large tensors (see docs/performance.md); optional.
+find_library(SINGLEINSERT_TCMALLOC NAMES tcmalloc_minimal libtcmalloc_minimal.so.4)

@@ -1,0 +1,65 @@
+#pragma once
+// CLIP's byte-level BPE tokenizer, matching Hugging Face's CLIPTokenizer (slow, with ftfy):
+// added tokens are split off first (case-sensitive, longest match), the rest is normalised
+// (see text_normalizer.h), split with CLIP's regex, mapped to byte characters and merged by
+// BPE rank with "</w>" marking word ends. Sequences are BOS + ids + EOS, truncated to
+// model_max_length and padded with the pad token.
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace singleinsert {
+
+struct TokenizedPrompt {
+  std::vector<int64_t> ids;          // exactly max_length ids, BOS first
+  std::vector<int64_t> attention_mask;  // 1 for BOS..EOS, 0 for padding
+  int untruncated_length = 0;        // BOS + tokens + EOS before truncation
+  std::string truncated_text;        // what truncation dropped (decoded), empty if nothing
+};
+
+class ClipTokenizer {
+ public:
+  // Reads vocab.json, merges.txt and, when present, special_tokens_map.json,
+  // tokenizer_config.json and added_tokens.json from a tokenizer folder.
+  static ClipTokenizer load(const std::string& directory);
+  static ClipTokenizer from_files(const std::string& vocab_json, const std::string& merges_txt);
+
+  // The BPE ids of `text`, without BOS/EOS and without truncation.
+  std::vector<int64_t> encode(const std::string& text) const;
+  // The pipeline's call: tokenizer(text, padding="max_length", truncation=True).
+  TokenizedPrompt tokenize(const std::string& text) const;
+  // BPE token strings (byte characters, with "</w>") for debugging and tests.
+  std::vector<std::string> tokens(const std::string& text) const;
+  std::string decode(const std::vector<int64_t>& ids) const;
+
+  // Adds a token that is matched verbatim before BPE (textual-inversion triggers). Returns its
+  // id; an existing vocabulary entry with that text keeps its id.
+  int64_t add_token(const std::string& text);
+  bool has_token(const std::string& text) const;
+  int64_t token_id(const std::string& text) const;  // throws if unknown
+
+  int64_t bos_id() const { return bos_id_; }
+  int64_t eos_id() const { return eos_id_; }
+  int64_t pad_id() const { return pad_id_; }
+  int max_length() const { return max_length_; }
+  int64_t vocab_size() const;  // base vocabulary plus added tokens
+
+ private:
+  std::vector<std::string> bpe(const std::string& word) const;
+  std::vector<int64_t> encode_plain(const std::string& text) const;
+
+  std::unordered_map<std::string, int64_t> encoder_;
+  std::vector<std::string> decoder_;  // id -> token
+  std::unordered_map<std::string, int> merge_ranks_;  // "first second" -> rank
+  std::map<std::string, int64_t> added_tokens_;
+  std::string byte_to_unicode_[256];
+  std::unordered_map<std::string, uint8_t> unicode_to_byte_;
+  mutable std::shared_ptr<std::unordered_map<std::string, std::vector<std::string>>> cache_;
+  int64_t bos_id_ = 49406, eos_id_ = 49407, pad_id_ = 49407, unk_id_ = 49407;
+  int max_length_ = 77;
+};
+
+}  // namespace singleinsert

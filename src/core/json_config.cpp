@@ -1,0 +1,125 @@
+#include "singleinsert/core/json_config.h"
+
+#include <fmt/format.h>
+
+#include <nlohmann/json.hpp>
+
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+
+namespace singleinsert {
+
+JsonConfig::JsonConfig(std::unique_ptr<nlohmann::json> json, std::string origin)
+    : json_(std::move(json)), origin_(std::move(origin)) {}
+JsonConfig::JsonConfig(const JsonConfig& other)
+    : json_(std::make_unique<nlohmann::json>(*other.json_)), origin_(other.origin_) {}
+JsonConfig& JsonConfig::operator=(const JsonConfig& other) {
+  json_ = std::make_unique<nlohmann::json>(*other.json_);
+  origin_ = other.origin_;
+  return *this;
+}
+JsonConfig::~JsonConfig() = default;
+
+JsonConfig JsonConfig::load(const std::string& path) { return parse(read_file(path), path); }
+
+JsonConfig JsonConfig::parse(const std::string& text, const std::string& origin) {
+  auto json = std::make_unique<nlohmann::json>();
+  try {
+    // Python's json module writes Infinity/NaN (e.g. lambda_min_clipped: -Infinity).
+    std::string patched = text;
+    for (const auto& [from, to] : {std::pair<std::string, std::string>{"-Infinity", "-1e999"},
+                                   {"Infinity", "1e999"}, {"NaN", "null"}}) {
+      for (size_t at = patched.find(from); at != std::string::npos; at = patched.find(from, at + to.size()))
+        patched.replace(at, from.size(), to);
+    }
+    *json = nlohmann::json::parse(patched);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: invalid JSON ({})", origin, e.what()));
+  }
+  if (!json->is_object()) throw Error(fmt::format("{}: expected a JSON object", origin));
+  return JsonConfig(std::move(json), origin);
+}
+
+bool JsonConfig::has(const std::string& key) const {
+  auto it = json_->find(key);
+  return it != json_->end() && !it->is_null();
+}
+
+const nlohmann::json& JsonConfig::json() const { return *json_; }
+
+namespace {
+[[noreturn]] void wrong_type(const std::string& origin, const std::string& key, const nlohmann::json& value,
+                             const char* expected) {
+  throw Error(fmt::format("{}: '{}' should be {}, got {}", origin, key, expected, value.dump()));
+}
+}  // namespace
+
+int JsonConfig::get_int(const std::string& key, int fallback) const {
+  if (!has(key)) return fallback;
+  const auto& value = json_->at(key);
+  if (value.is_number_integer()) return value.get<int>();
+  if (value.is_number_float() && value.get<double>() == static_cast<int>(value.get<double>()))
+    return static_cast<int>(value.get<double>());
+  wrong_type(origin_, key, value, "an integer");
+}
+
+double JsonConfig::get_double(const std::string& key, double fallback) const {
+  if (!has(key)) return fallback;
+  const auto& value = json_->at(key);
+  if (!value.is_number()) wrong_type(origin_, key, value, "a number");
+  return value.get<double>();
+}
+
+bool JsonConfig::get_bool(const std::string& key, bool fallback) const {
+  if (!has(key)) return fallback;
+  const auto& value = json_->at(key);
+  if (!value.is_boolean()) wrong_type(origin_, key, value, "true or false");
+  return value.get<bool>();
+}
+
+std::string JsonConfig::get_string(const std::string& key, const std::string& fallback) const {
+  if (!has(key)) return fallback;
+  const auto& value = json_->at(key);
+  if (!value.is_string()) wrong_type(origin_, key, value, "a string");
+  return value.get<std::string>();
+}
+
+std::vector<int> JsonConfig::get_int_list(const std::string& key, const std::vector<int>& fallback) const {
+  if (!has(key)) return fallback;
+  const auto& value = json_->at(key);
+  if (value.is_number_integer()) return {value.get<int>()};
+  if (!value.is_array()) wrong_type(origin_, key, value, "an integer or a list of integers");
+  std::vector<int> out;
+  for (const auto& item : value) {
+    if (!item.is_number_integer()) wrong_type(origin_, key, value, "a list of integers");
+    out.push_back(item.get<int>());
+  }
+  return out;
+}
+
+std::vector<std::string> JsonConfig::get_string_list(const std::string& key,
+                                                     const std::vector<std::string>& fallback) const {
+  if (!has(key)) return fallback;
+  const auto& value = json_->at(key);
+  if (!value.is_array()) wrong_type(origin_, key, value, "a list of strings");
+  std::vector<std::string> out;
+  for (const auto& item : value) {
+    if (!item.is_string()) wrong_type(origin_, key, value, "a list of strings");
+    out.push_back(item.get<std::string>());
+  }
+  return out;
+}
+
+std::optional<std::vector<double>> JsonConfig::get_double_list(const std::string& key) const {
+  if (!has(key)) return std::nullopt;
+  const auto& value = json_->at(key);
+  if (!value.is_array()) wrong_type(origin_, key, value, "a list of numbers");
+  std::vector<double> out;
+  for (const auto& item : value) {
+    if (!item.is_number()) wrong_type(origin_, key, value, "a list of numbers");
+    out.push_back(item.get<double>());
+  }
+  return out;
+}
+
+}  // namespace singleinsert

@@ -1,0 +1,26 @@
+#include "singleinsert/core/runtime.h"
+
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <thread>
+
+namespace singleinsert {
+
+RuntimeInfo configure_runtime() {
+  RuntimeInfo info;
+  // LibTorch reads the core count through cpuinfo, which sees one core on some VMs; an
+  // explicit OMP_NUM_THREADS is the user's choice and is left alone.
+  if (std::getenv("OMP_NUM_THREADS") == nullptr) {
+    const unsigned cores = std::thread::hardware_concurrency();
+    if (cores > 0) at::set_num_threads(static_cast<int>(cores));
+  }
+  info.threads = at::get_num_threads();
+  // tcmalloc keeps large freed blocks mapped, which saves the page faults that make fresh
+  // multi-megabyte tensors slow under glibc malloc; the binaries link it when it is installed.
+  info.allocator = dlsym(RTLD_DEFAULT, "tc_malloc") != nullptr ? "tcmalloc" : "glibc";
+  return info;
+}
+
+}  // namespace singleinsert

@@ -1,0 +1,49 @@
+#include "singleinsert/core/torch_compat.h"
+
+#include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
+
+namespace singleinsert::compat {
+
+at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key,
+                                        const at::Tensor& value, double scale,
+                                        const c10::optional<at::Tensor>& additive_mask, bool upcast_softmax) {
+#if TORCH_VERSION_MAJOR >= 2
+  if (query.is_cuda()) {
+    return at::scaled_dot_product_attention(query, key, value, additive_mask, /*dropout_p=*/0.0,
+                                            /*is_causal=*/false, scale);
+  }
+#endif
+  // [B, H, L, D] -> [B*H, L, D], as diffusers' head_to_batch_dim lays them out.
+  const auto batch = query.size(0), heads = query.size(1);
+  const auto q = query.reshape({batch * heads, query.size(2), query.size(3)});
+  const auto k = key.reshape({batch * heads, key.size(2), key.size(3)});
+  const auto v = value.reshape({batch * heads, value.size(2), value.size(3)});
+  // baddbmm with beta=0 never reads its first argument; alpha applies the scale inside the
+  // GEMM exactly as diffusers' get_attention_scores does.
+  at::Tensor scores = at::baddbmm(at::empty({q.size(0), q.size(1), k.size(1)}, q.options()), q,
+                                  k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
+  if (additive_mask.has_value())
+    scores = (scores.view({batch, heads, q.size(1), k.size(1)}) + *additive_mask).view_as(scores);
+  at::Tensor probs = upcast_softmax && scores.scalar_type() != at::kFloat
+                         ? scores.to(at::kFloat).softmax(-1).to(value.scalar_type())
+                         : scores.softmax(-1);
+  return at::bmm(probs, v).view({batch, heads, query.size(2), value.size(3)});  // [B, H, Lq, D]
+}
+
+void set_autocast(c10::DeviceType device_type, bool enabled, at::ScalarType dtype) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  at::autocast::set_autocast_enabled(device_type, enabled);
+  at::autocast::set_autocast_dtype(device_type, dtype);
+#else
+  if (device_type == c10::DeviceType::CPU) {
+    at::autocast::set_cpu_enabled(enabled);
+    at::autocast::set_autocast_cpu_dtype(dtype);
+  } else {
+    at::autocast::set_enabled(enabled);
+    at::autocast::set_autocast_gpu_dtype(dtype);
+  }
+#endif
+}
+
+}  // namespace singleinsert::compat

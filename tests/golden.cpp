@@ -1,0 +1,32 @@
+#include "golden.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "singleinsert/core/error.h"
+
+namespace singleinsert::testing {
+
+std::string golden_path(const std::string& relative) {
+  const char* override_dir = std::getenv("SINGLEINSERT_GOLDEN");
+  const std::filesystem::path root = override_dir ? override_dir : SINGLEINSERT_DEFAULT_GOLDEN_DIR;
+  if (!std::filesystem::is_directory(root))
+    throw Error("golden reference data not found at " + root.string() +
+                " (set SINGLEINSERT_GOLDEN to the shared/golden folder)");
+  return relative.empty() ? root.string() : (root / relative).string();
+}
+
+SafetensorsFile golden_file(const std::string& relative) { return SafetensorsFile::open(golden_path(relative)); }
+
+double max_abs_error(const at::Tensor& actual, const at::Tensor& expected) {
+  return (actual.to(at::kDouble).cpu() - expected.to(at::kDouble).cpu()).abs().max().item<double>();
+}
+
+double max_relative_error(const at::Tensor& actual, const at::Tensor& expected) {
+  const double scale = expected.to(at::kDouble).abs().max().item<double>();
+  return max_abs_error(actual, expected) / (scale > 0 ? scale : 1.0);
+}
+
+}  // namespace singleinsert::testing

@@ -1,0 +1,40 @@
+#pragma once
+// Access to the reference data in ../shared/golden (made by diffusers 0.25.1 and transformers
+// 4.36) and the error measures the parity tests use.
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "singleinsert/core/safetensors.h"
+
+namespace singleinsert::testing {
+
+// SINGLEINSERT_GOLDEN overrides the default ../shared/golden beside the repository. A missing
+// folder fails the tests that need it: parity is never skipped.
+std::string golden_path(const std::string& relative = "");
+SafetensorsFile golden_file(const std::string& relative);
+
+// max |actual - expected| / max |expected|: the error relative to the tensor's scale, so
+// values near zero do not dominate.
+double max_relative_error(const at::Tensor& actual, const at::Tensor& expected);
+double max_abs_error(const at::Tensor& actual, const at::Tensor& expected);
+
+}  // namespace singleinsert::testing
+
+// Shapes must match exactly; values within `tolerance` (relative to the reference's scale).
+#define EXPECT_TENSOR_NEAR_REL(actual, expected, tolerance)                                               \
+  do {                                                                                                    \
+    const at::Tensor _a = (actual), _e = (expected);                                                      \
+    ASSERT_EQ(_a.sizes(), _e.sizes());                                                                    \
+    const double _err = ::singleinsert::testing::max_relative_error(_a, _e);                             \
+    EXPECT_LE(_err, (tolerance)) << #actual " vs " #expected ": max relative error " << _err;             \
+    ::testing::Test::RecordProperty(#expected "_max_rel_error", std::to_string(_err));                   \
+  } while (0)
+
+#define EXPECT_TENSOR_NEAR_ABS(actual, expected, tolerance)                                               \
+  do {                                                                                                    \
+    const at::Tensor _a = (actual), _e = (expected);                                                      \
+    ASSERT_EQ(_a.sizes(), _e.sizes());                                                                    \
+    const double _err = ::singleinsert::testing::max_abs_error(_a, _e);                                  \
+    EXPECT_LE(_err, (tolerance)) << #actual " vs " #expected ": max abs error " << _err;                  \
+  } while (0)

@@ -1,0 +1,114 @@
+// The safetensors reader validates everything before reading: malformed files are errors with
+// the path in the message, never crashes; the writer round-trips every dtype.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+#include "singleinsert/core/safetensors.h"
+
+namespace singleinsert {
+namespace {
+
+std::string temp_path(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / "singleinsert_tests";
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+std::string with_header(const std::string& header, const std::string& data) {
+  std::string out;
+  uint64_t length = header.size();
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>((length >> (8 * i)) & 0xff));
+  return out + header + data;
+}
+
+void expect_rejected(const std::string& name, const std::string& bytes, const std::string& fragment) {
+  const std::string path = temp_path(name);
+  write_file_atomic(path, bytes);
+  try {
+    SafetensorsFile::open(path);
+    ADD_FAILURE() << name << ": accepted a malformed file";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find(path), std::string::npos) << message;
+    EXPECT_NE(message.find(fragment), std::string::npos) << message;
+  }
+}
+
+TEST(Safetensors, RoundTripsEveryDtypeAndMetadata) {
+  const std::string path = temp_path("roundtrip.safetensors");
+  NamedTensors tensors = {
+      {"f32", at::arange(12, at::kFloat).reshape({3, 4})},
+      {"f16", at::arange(5, at::kFloat).to(at::kHalf)},
+      {"bf16", at::arange(5, at::kFloat).to(at::kBFloat16)},
+      {"f64", at::ones({2}, at::kDouble)},
+      {"i64", at::arange(3, at::kLong)},
+      {"u8", at::arange(7, at::kByte)},
+      {"scalar", at::scalar_tensor(3.5)},
+      {"empty", at::empty({0, 4})},
+  };
+  save_safetensors(path, tensors, {{"format", "pt"}});
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  EXPECT_EQ(file.size(), tensors.size());
+  EXPECT_EQ(file.metadata().at("format"), "pt");
+  for (const auto& [name, tensor] : tensors) {
+    const at::Tensor loaded = file.tensor(name);
+    EXPECT_EQ(loaded.scalar_type(), tensor.scalar_type()) << name;
+    EXPECT_TRUE(at::equal(loaded, tensor)) << name;
+  }
+}
+
+TEST(Safetensors, RejectsMalformedFiles) {
+  const std::string good_header = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})";
+  expect_rejected("short.safetensors", "abc", "not a safetensors file");
+  expect_rejected("huge_header.safetensors", with_header(good_header, std::string(8, '\0')).substr(0, 20),
+                  "truncated");
+  expect_rejected("bad_json.safetensors", with_header("{not json", ""), "corrupt safetensors header");
+  expect_rejected("not_object.safetensors", with_header("[1,2]", ""), "not a JSON object");
+  expect_rejected("truncated_data.safetensors", with_header(good_header, std::string(4, '\0')), "truncated");
+  expect_rejected("wrong_size.safetensors",
+                  with_header(R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", std::string(8, '\0')),
+                  "needs 12 bytes");
+  expect_rejected("overlap.safetensors",
+                  with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                              R"("b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                              std::string(12, '\0')),
+                  "overlap");
+  expect_rejected("dtype.safetensors",
+                  with_header(R"({"a":{"dtype":"F8_E4M3","shape":[2],"data_offsets":[0,2]}})", std::string(2, '\0')),
+                  "unsupported dtype");
+  expect_rejected("negative.safetensors",
+                  with_header(R"({"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", std::string(8, '\0')),
+                  "invalid shape");
+  expect_rejected("metadata.safetensors", with_header(R"({"__metadata__":{"k":1}})", ""), "not a string");
+  expect_rejected("entry.safetensors", with_header(R"({"a":{"dtype":"F32"}})", ""), "malformed header entry");
+}
+
+TEST(Safetensors, MissingFileNamesThePath) {
+  try {
+    SafetensorsFile::open("/nonexistent/dir/model.safetensors");
+    FAIL() << "opened a missing file";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/dir/model.safetensors: no such file"), std::string::npos);
+  }
+}
+
+TEST(Safetensors, ViewsOutliveTheFileObject) {
+  const std::string path = temp_path("view.safetensors");
+  save_safetensors(path, {{"x", at::arange(1000, at::kFloat)}});
+  at::Tensor view;
+  {
+    const SafetensorsFile file = SafetensorsFile::open(path);
+    view = file.view("x");
+  }
+  EXPECT_EQ(view[999].item<float>(), 999.0f);
+}
+
+}  // namespace
+}  // namespace singleinsert
