@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 
@@ -27,6 +28,10 @@ double max_abs_error(const at::Tensor& actual, const at::Tensor& expected) {
 double max_relative_error(const at::Tensor& actual, const at::Tensor& expected) {
   const double scale = expected.to(at::kDouble).abs().max().item<double>();
   return max_abs_error(actual, expected) / (scale > 0 ? scale : 1.0);
+}
+
+void report_error(const char* measure, const char* what, double value) {
+  std::printf("  [parity] %s %s = %.3g\n", what, measure, value);
 }
 
 }  // namespace singleinsert::testing

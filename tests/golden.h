@@ -19,6 +19,9 @@ SafetensorsFile golden_file(const std::string& relative);
 double max_relative_error(const at::Tensor& actual, const at::Tensor& expected);
 double max_abs_error(const at::Tensor& actual, const at::Tensor& expected);
 
+// Prints "  [parity] <what> <measure> = <value>" so the test log records every measured error.
+void report_error(const char* measure, const char* what, double value);
+
 }  // namespace singleinsert::testing
 
 // Shapes must match exactly; values within `tolerance` (relative to the reference's scale).
@@ -28,7 +31,7 @@ double max_abs_error(const at::Tensor& actual, const at::Tensor& expected);
     ASSERT_EQ(_a.sizes(), _e.sizes());                                                                    \
     const double _err = ::singleinsert::testing::max_relative_error(_a, _e);                             \
     EXPECT_LE(_err, (tolerance)) << #actual " vs " #expected ": max relative error " << _err;             \
-    ::testing::Test::RecordProperty(#expected "_max_rel_error", std::to_string(_err));                   \
+    ::singleinsert::testing::report_error("max rel error", #expected, _err);                              \
   } while (0)
 
 #define EXPECT_TENSOR_NEAR_ABS(actual, expected, tolerance)                                               \
@@ -37,4 +40,5 @@ double max_abs_error(const at::Tensor& actual, const at::Tensor& expected);
     ASSERT_EQ(_a.sizes(), _e.sizes());                                                                    \
     const double _err = ::singleinsert::testing::max_abs_error(_a, _e);                                  \
     EXPECT_LE(_err, (tolerance)) << #actual " vs " #expected ": max abs error " << _err;                  \
+    ::singleinsert::testing::report_error("max abs error", #expected, _err);                              \
   } while (0)

@@ -25,7 +25,8 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
                                   k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
   if (additive_mask.has_value())
     scores = (scores.view({batch, heads, q.size(1), k.size(1)}) + *additive_mask).view_as(scores);
-  at::Tensor probs = upcast_softmax && scores.scalar_type() != at::kFloat
+  const bool reduced = scores.scalar_type() == at::kHalf || scores.scalar_type() == at::kBFloat16;
+  at::Tensor probs = upcast_softmax && reduced
                          ? scores.to(at::kFloat).softmax(-1).to(value.scalar_type())
                          : scores.softmax(-1);
   return at::bmm(probs, v).view({batch, heads, query.size(2), value.size(3)});  // [B, H, Lq, D]

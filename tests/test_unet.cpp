@@ -1,0 +1,101 @@
+// UNet2DConditionModel against diffusers (golden/unet_io.safetensors on sd_tiny/unet): a scalar
+// timestep, per-sample timesteps, a non-square latent, every top-level intermediate activation,
+// float64, and the full SD v1.5 key layout.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <nlohmann/json.hpp>
+
+#include "golden.h"
+#include "singleinsert/core/files.h"
+#include "singleinsert/core/json_config.h"
+#include "singleinsert/core/state_dict.h"
+#include "singleinsert/models/unet.h"
+
+namespace singleinsert {
+namespace {
+
+constexpr double kFp32Tolerance = 1e-5;   // relative to each tensor's scale
+constexpr double kFp64Tolerance = 1e-12;
+
+UNet2DConditionModel load_tiny_unet() {
+  UNet2DConditionModel unet(UNetConfig::from_json(JsonConfig::load(testing::golden_path("sd_tiny/unet/config.json"))));
+  load_state_dict(*unet, testing::golden_file("sd_tiny/unet/diffusion_pytorch_model.safetensors"));
+  unet->eval();
+  return unet;
+}
+
+TEST(UNet, MatchesDiffusers) {
+  UNet2DConditionModel unet = load_tiny_unet();
+  const SafetensorsFile io = testing::golden_file("unet_io.safetensors");
+  at::NoGradGuard no_grad;
+  const at::Tensor sample = io.tensor("sample"), context = io.tensor("encoder_hidden_states");
+  ActivationTrace trace;
+  EXPECT_TENSOR_NEAR_REL(unet->forward(sample, io.tensor("timestep_scalar"), context, &trace),
+                         io.tensor("out_scalar_t"), kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(unet->forward(sample, io.tensor("timesteps_batch"), context), io.tensor("out_batch_t"),
+                         kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(unet->forward(io.tensor("sample_nonsquare"), io.tensor("timestep_scalar"),
+                                       io.tensor("encoder_hidden_states_nonsquare")),
+                         io.tensor("out_nonsquare"), kFp32Tolerance);
+
+  int compared = 0;
+  for (const auto& [name, value] : trace) {
+    if (!io.contains("intermediate." + name)) continue;
+    SCOPED_TRACE(name);
+    EXPECT_TENSOR_NEAR_REL(value, io.tensor("intermediate." + name), kFp32Tolerance);
+    ++compared;
+  }
+  EXPECT_EQ(compared, 15);
+
+  // The activations inside the first cross-attention block, computed from the traced input.
+  auto& block0 = unet->down_blocks[0];
+  const at::Tensor resnet0 = block0->resnets[0]->forward(trace.at("conv_in"), trace.at("time_embedding"));
+  EXPECT_TENSOR_NEAR_REL(resnet0, io.tensor("intermediate.down_blocks.0.resnets.0"), kFp32Tolerance);
+  auto& transformer = block0->attentions[0];
+  EXPECT_TENSOR_NEAR_REL(transformer->forward(resnet0, context), io.tensor("intermediate.down_blocks.0.attentions.0"),
+                         kFp32Tolerance);
+  const at::Tensor tokens = transformer->proj_in_conv->forward(transformer->norm->forward(resnet0))
+                                .permute({0, 2, 3, 1})
+                                .reshape({2, 256, 32});
+  auto& basic = transformer->transformer_blocks[0];
+  const at::Tensor attn1 = basic->attn1->forward(basic->norm1->forward(tokens));
+  EXPECT_TENSOR_NEAR_REL(attn1, io.tensor("intermediate.down_blocks.0.attentions.0.transformer_blocks.0.attn1"),
+                         kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(basic->attn2->forward(basic->norm2->forward(tokens + attn1), context),
+                         io.tensor("intermediate.down_blocks.0.attentions.0.transformer_blocks.0.attn2"),
+                         kFp32Tolerance);
+}
+
+TEST(UNet, MatchesDiffusersInFloat64) {
+  UNet2DConditionModel unet = load_tiny_unet();
+  unet->to(at::kDouble);
+  const SafetensorsFile io = testing::golden_file("unet_io.safetensors");
+  at::NoGradGuard no_grad;
+  const at::Tensor sample = io.tensor("sample").to(at::kDouble);
+  const at::Tensor context = io.tensor("encoder_hidden_states").to(at::kDouble);
+  EXPECT_TENSOR_NEAR_REL(unet->forward(sample, io.tensor("timestep_scalar"), context), io.tensor("out_scalar_t_f64"),
+                         kFp64Tolerance);
+  EXPECT_TENSOR_NEAR_REL(unet->forward(sample, io.tensor("timesteps_batch"), context), io.tensor("out_batch_t_f64"),
+                         kFp64Tolerance);
+}
+
+TEST(UNet, FullSd15ConfigHasDiffusersKeysAndShapes) {
+  const auto config = UNetConfig::from_json(JsonConfig::load(testing::golden_path("configs_full/sd15/unet/config.json")));
+  const UNet2DConditionModel unet(config);  // parameters are allocated, never touched
+  const auto reference =
+      nlohmann::json::parse(read_file(testing::golden_path("configs_full/sd15_unet_state_dict_shapes.json")));
+  const auto tensors = module_tensors(*unet);
+  ASSERT_EQ(tensors.size(), reference["tensors"].size());
+  int64_t parameters = 0;
+  for (const auto& [key, shape] : reference["tensors"].items()) {
+    ASSERT_TRUE(tensors.count(key)) << "missing " << key;
+    EXPECT_EQ(tensors.at(key).sizes().vec(), shape.get<std::vector<int64_t>>()) << key;
+    parameters += tensors.at(key).numel();
+  }
+  EXPECT_EQ(parameters, reference["num_parameters"].get<int64_t>());
+}
+
+}  // namespace
+}  // namespace singleinsert
