@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
+
 #include <nlohmann/json.hpp>
 
 #include "singleinsert/core/error.h"
@@ -25,12 +27,31 @@ JsonConfig JsonConfig::load(const std::string& path) { return parse(read_file(pa
 JsonConfig JsonConfig::parse(const std::string& text, const std::string& origin) {
   auto json = std::make_unique<nlohmann::json>();
   try {
-    // Python's json module writes Infinity/NaN (e.g. lambda_min_clipped: -Infinity).
-    std::string patched = text;
-    for (const auto& [from, to] : {std::pair<std::string, std::string>{"-Infinity", "-1e999"},
-                                   {"Infinity", "1e999"}, {"NaN", "null"}}) {
-      for (size_t at = patched.find(from); at != std::string::npos; at = patched.find(from, at + to.size()))
-        patched.replace(at, from.size(), to);
+    // Python's json module writes bare Infinity/-Infinity/NaN (e.g. lambda_min_clipped); they
+    // become strings that get_double() understands.
+    std::string patched;
+    bool in_string = false;
+    for (size_t i = 0; i < text.size(); ++i) {
+      const char c = text[i];
+      if (in_string) {
+        patched.push_back(c);
+        if (c == '\\' && i + 1 < text.size()) patched.push_back(text[++i]);
+        else if (c == '"') in_string = false;
+        continue;
+      }
+      bool replaced = false;
+      for (const char* token : {"-Infinity", "Infinity", "NaN"}) {
+        const std::string t = token;
+        if (text.compare(i, t.size(), t) == 0) {
+          patched += "\"" + t + "\"";
+          i += t.size() - 1;
+          replaced = true;
+          break;
+        }
+      }
+      if (replaced) continue;
+      if (c == '"') in_string = true;
+      patched.push_back(c);
     }
     *json = nlohmann::json::parse(patched);
   } catch (const nlohmann::json::exception& e) {
@@ -66,6 +87,12 @@ int JsonConfig::get_int(const std::string& key, int fallback) const {
 double JsonConfig::get_double(const std::string& key, double fallback) const {
   if (!has(key)) return fallback;
   const auto& value = json_->at(key);
+  if (value.is_string()) {
+    const std::string text = value.get<std::string>();
+    if (text == "Infinity") return INFINITY;
+    if (text == "-Infinity") return -INFINITY;
+    if (text == "NaN") return NAN;
+  }
   if (!value.is_number()) wrong_type(origin_, key, value, "a number");
   return value.get<double>();
 }
