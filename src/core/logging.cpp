@@ -8,6 +8,7 @@
 namespace singleinsert {
 
 void init_logging(LogLevel level) {
+  spdlog::drop("singleinsert");
   auto logger = spdlog::stderr_color_mt("singleinsert");
   logger->set_pattern("%^%l%$: %v");
   spdlog::set_default_logger(logger);

@@ -3,11 +3,15 @@
 #include <ATen/ATen.h>
 #include <ATen/autocast_mode.h>
 
+#include "singleinsert/core/flop_counter.h"
+
 namespace singleinsert::compat {
 
 at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key,
                                         const at::Tensor& value, double scale,
                                         const c10::optional<at::Tensor>& additive_mask, bool upcast_softmax) {
+  // q k^T and probs v: 2 * 2 * B * H * Lq * Lk * D.
+  if (flops::counting()) flops::add(4 * query.numel() * key.size(2));
 #if TORCH_VERSION_MAJOR >= 2
   if (query.is_cuda()) {
     return at::scaled_dot_product_attention(query, key, value, additive_mask, /*dropout_p=*/0.0,

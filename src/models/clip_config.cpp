@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/json_config.h"
 
@@ -45,6 +47,27 @@ ClipTextConfig ClipTextConfig::from_json(const JsonConfig& json) {
   c.eos_token_id = json.get_int("eos_token_id", 2);
   c.validate();
   return c;
+}
+
+std::string ClipTextConfig::to_json() const {
+  nlohmann::json j = {
+      {"architectures", {"CLIPTextModel"}},
+      {"model_type", "clip_text_model"},
+      {"hidden_size", encoder.hidden_size},
+      {"intermediate_size", encoder.intermediate_size},
+      {"num_hidden_layers", encoder.num_hidden_layers},
+      {"num_attention_heads", encoder.num_attention_heads},
+      {"hidden_act", encoder.hidden_act},
+      {"layer_norm_eps", encoder.layer_norm_eps},
+      {"vocab_size", vocab_size},
+      {"max_position_embeddings", max_position_embeddings},
+      {"eos_token_id", eos_token_id},
+      {"bos_token_id", 0},
+      {"pad_token_id", 1},
+      {"projection_dim", encoder.hidden_size},
+      {"torch_dtype", "float32"},
+  };
+  return j.dump(2);
 }
 
 ClipTextConfig ClipTextConfig::tiny() {

@@ -115,6 +115,13 @@ nlohmann::json read_json(const std::string& path) {
 
 }  // namespace
 
+std::vector<std::string> ClipTokenizer::byte_alphabet() {
+  std::string bytes[256];
+  std::unordered_map<std::string, uint8_t> reverse;
+  build_byte_map(bytes, reverse);
+  return std::vector<std::string>(bytes, bytes + 256);
+}
+
 ClipTokenizer ClipTokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt) {
   ClipTokenizer tokenizer;
   build_byte_map(tokenizer.byte_to_unicode_, tokenizer.unicode_to_byte_);

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "singleinsert/core/flop_counter.h"
+
 namespace singleinsert {
 namespace {
 
@@ -49,6 +51,7 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias
 }
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
+  if (flops::counting()) flops::add(2 * x.numel() * weight.size(0));  // tokens x in x out
   at::Tensor y = at::linear(x, weight, bias);
   return adapters_.empty() ? y : apply_adapters(std::move(y), x, adapters_, /*is_conv=*/false);
 }
@@ -66,6 +69,7 @@ Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel
 
 at::Tensor Conv2dImpl::forward(const at::Tensor& x) {
   at::Tensor y = at::conv2d(x, weight, bias, stride, padding);
+  if (flops::counting()) flops::add(2 * y.numel() * weight.size(1) * weight.size(2) * weight.size(3));
   return adapters_.empty() ? y : apply_adapters(std::move(y), x, adapters_, /*is_conv=*/true);
 }
 

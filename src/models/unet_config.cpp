@@ -93,6 +93,39 @@ UNetConfig UNetConfig::from_json(const JsonConfig& json) {
   return c;
 }
 
+std::string UNetConfig::to_json() const {
+  nlohmann::json j = {
+      {"_class_name", "UNet2DConditionModel"},
+      {"_diffusers_version", "0.25.1"},
+      {"act_fn", "silu"},
+      {"in_channels", in_channels},
+      {"out_channels", out_channels},
+      {"down_block_types", down_block_types},
+      {"mid_block_type", mid_block_type},
+      {"up_block_types", up_block_types},
+      {"block_out_channels", block_out_channels},
+      {"layers_per_block", layers_per_block},
+      {"downsample_padding", downsample_padding},
+      {"mid_block_scale_factor", mid_block_scale_factor},
+      {"norm_num_groups", norm_num_groups},
+      {"norm_eps", norm_eps},
+      {"cross_attention_dim", cross_attention_dim},
+      {"transformer_layers_per_block", transformer_layers_per_block},
+      // diffusers reads the head count from attention_head_dim (and rejects num_attention_heads).
+      {"attention_head_dim", num_attention_heads},
+      {"use_linear_projection", use_linear_projection},
+      {"upcast_attention", upcast_attention},
+      {"flip_sin_to_cos", flip_sin_to_cos},
+      {"freq_shift", freq_shift},
+      {"center_input_sample", center_input_sample},
+      {"conv_in_kernel", conv_in_kernel},
+      {"conv_out_kernel", conv_out_kernel},
+      {"resnet_out_scale_factor", resnet_out_scale_factor},
+      {"sample_size", sample_size},
+  };
+  return j.dump(2);
+}
+
 void UNetConfig::validate() const {
   const size_t blocks = block_out_channels.size();
   if (blocks == 0) throw Error("block_out_channels is empty");

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <nlohmann/json.hpp>
+
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/core/tensor_format.h"
@@ -50,6 +52,27 @@ VaeConfig VaeConfig::from_json(const JsonConfig& json) {
     throw Error(json.origin() + ": " + e.what());
   }
   return c;
+}
+
+std::string VaeConfig::to_json() const {
+  const size_t blocks = block_out_channels.size();
+  nlohmann::json j = {
+      {"_class_name", "AutoencoderKL"},
+      {"_diffusers_version", "0.25.1"},
+      {"act_fn", "silu"},
+      {"in_channels", in_channels},
+      {"out_channels", out_channels},
+      {"latent_channels", latent_channels},
+      {"block_out_channels", block_out_channels},
+      {"down_block_types", std::vector<std::string>(blocks, "DownEncoderBlock2D")},
+      {"up_block_types", std::vector<std::string>(blocks, "UpDecoderBlock2D")},
+      {"layers_per_block", layers_per_block},
+      {"norm_num_groups", norm_num_groups},
+      {"scaling_factor", scaling_factor},
+      {"force_upcast", force_upcast},
+      {"sample_size", 512},
+  };
+  return j.dump(2);
 }
 
 void VaeConfig::validate() const {

@@ -25,6 +25,7 @@ struct ClipTextConfig {
   int64_t eos_token_id = 2;
 
   static ClipTextConfig from_json(const JsonConfig& json);
+  std::string to_json() const;  // transformers' config.json
   static ClipTextConfig tiny();  // the golden clip_text_tiny architecture
   void validate() const;
   bool operator==(const ClipTextConfig&) const;

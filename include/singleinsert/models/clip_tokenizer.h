@@ -41,6 +41,9 @@ class ClipTokenizer {
   bool has_token(const std::string& text) const;
   int64_t token_id(const std::string& text) const;  // throws if unknown
 
+  // GPT-2's reversible byte alphabet: the printable character (UTF-8) that stands for each byte.
+  static std::vector<std::string> byte_alphabet();
+
   int64_t bos_id() const { return bos_id_; }
   int64_t eos_id() const { return eos_id_; }
   int64_t pad_id() const { return pad_id_; }

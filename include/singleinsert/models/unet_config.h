@@ -40,6 +40,8 @@ struct UNetConfig {
   int64_t sample_size = 64;
 
   static UNetConfig from_json(const JsonConfig& json);
+  // diffusers' config.json for this architecture (loadable by diffusers too).
+  std::string to_json() const;
   static UNetConfig sd15() { return UNetConfig(); }
   void validate() const;
   int64_t time_embed_dim() const { return block_out_channels.front() * 4; }

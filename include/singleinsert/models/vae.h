@@ -27,6 +27,7 @@ struct VaeConfig {
   bool force_upcast = true;  // decode in float32 even when the rest runs in half precision
 
   static VaeConfig from_json(const JsonConfig& json);
+  std::string to_json() const;  // diffusers' config.json
   void validate() const;
   // Pixels per latent along each side (8 for SD).
   int64_t downsampling_factor() const { return int64_t{1} << (block_out_channels.size() - 1); }

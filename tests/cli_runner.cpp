@@ -1,0 +1,54 @@
+#include "cli_runner.h"
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace singleinsert::testing {
+namespace {
+
+std::string quote(const std::string& arg) {
+  std::string out = "'";
+  for (char c : arg) out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return out + "'";
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
+}
+
+}  // namespace
+
+std::string fresh_temp_dir(const std::string& name) {
+  static int counter = 0;
+  const fs::path dir = fs::temp_directory_path() / "singleinsert_tests" /
+                       (name + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir.string();
+}
+
+CliResult run_cli(const std::vector<std::string>& args) {
+  const std::string dir = fresh_temp_dir("cli_io");
+  const std::string out_path = dir + "/stdout", err_path = dir + "/stderr";
+  std::string command = quote(SINGLEINSERT_CLI);
+  for (const auto& arg : args) command += " " + quote(arg);
+  command += " >" + quote(out_path) + " 2>" + quote(err_path);
+  const int status = std::system(command.c_str());
+  CliResult result;
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.out = slurp(out_path);
+  result.err = slurp(err_path);
+  return result;
+}
+
+}  // namespace singleinsert::testing

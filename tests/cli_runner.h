@@ -1,0 +1,19 @@
+#pragma once
+// Runs the singleinsert command line as a user would and captures what it prints.
+#include <string>
+#include <vector>
+
+namespace singleinsert::testing {
+
+struct CliResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+CliResult run_cli(const std::vector<std::string>& args);
+
+// A fresh empty folder under the system temp dir, unique per call.
+std::string fresh_temp_dir(const std::string& name);
+
+}  // namespace singleinsert::testing

@@ -1,0 +1,49 @@
+// Image and PNG metadata files.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "cli_runner.h"
+#include "singleinsert/core/error.h"
+#include "singleinsert/io/image_file.h"
+#include "singleinsert/io/png.h"
+
+namespace singleinsert {
+namespace {
+
+TEST(Png, RoundTripsPixelsAndText) {
+  const std::string path = testing::fresh_temp_dir("png") + "/image.png";
+  const at::Tensor image = at::randint(0, 256, {5, 7, 3}, at::kByte);
+  write_png(path, image, {{"parameters", "a cat\nSteps: 4"}, {"note", "caf\xC3\xA9 \xE2\x98\x95"}});
+  EXPECT_TRUE(at::equal(read_image_rgb(path).pixels, image));
+  const auto text = read_png_text(path);
+  EXPECT_EQ(text.at("parameters"), "a cat\nSteps: 4");
+  EXPECT_EQ(text.at("note"), "caf\xC3\xA9 \xE2\x98\x95");  // UTF-8 through iTXt
+}
+
+TEST(ImageFile, ConvertsAndReportsUnusualFormats) {
+  const std::string dir = testing::fresh_temp_dir("formats");
+  cv::imwrite(dir + "/gray.png", cv::Mat(4, 4, CV_8UC1, cv::Scalar(100)));
+  cv::imwrite(dir + "/rgba.png", cv::Mat(4, 4, CV_8UC4, cv::Scalar(10, 20, 30, 40)));
+  cv::imwrite(dir + "/deep.png", cv::Mat(4, 4, CV_16UC3, cv::Scalar(65535, 0, 257)));
+  const LoadedImage gray = read_image_rgb(dir + "/gray.png");
+  EXPECT_EQ(gray.notes, std::vector<std::string>{"grayscale expanded to RGB"});
+  EXPECT_EQ(gray.pixels[0][0][2].item<int>(), 100);
+  const LoadedImage rgba = read_image_rgb(dir + "/rgba.png");
+  EXPECT_EQ(rgba.notes, std::vector<std::string>{"alpha channel dropped"});
+  EXPECT_EQ(rgba.pixels[0][0][0].item<int>(), 30);  // BGRA (10, 20, 30) is RGB (30, 20, 10)
+  const LoadedImage deep = read_image_rgb(dir + "/deep.png");
+  EXPECT_EQ(deep.notes, std::vector<std::string>{"16-bit samples scaled to 8 bits"});
+  EXPECT_EQ(deep.pixels[0][0][0].item<int>(), 1);
+  EXPECT_EQ(deep.pixels[0][0][2].item<int>(), 255);
+  EXPECT_THROW(read_image_rgb(dir + "/missing.png"), Error);
+  std::FILE* junk = std::fopen((dir + "/junk.png").c_str(), "wb");
+  std::fputs("not an image", junk);
+  std::fclose(junk);
+  EXPECT_THROW(read_image_rgb(dir + "/junk.png"), Error);
+}
+
+}  // namespace
+}  // namespace singleinsert

@@ -1,0 +1,240 @@
+// singleinsert-bench: per-stage timings of the Stable Diffusion pieces singleinsert runs, on
+// random weights of the full SD v1.5 architecture (no files needed) or on a model folder.
+//
+//   singleinsert-bench [--scenario NAME ...] [--arch sd15|default] [--model DIR] [--device cpu|cuda]
+//                      [--dtype fp32|bf16|fp16] [--resolution PX] [--batch N] [--steps N]
+//                      [--warmup N] [--repeats N] [--json]
+//
+// Each scenario reports the median and spread over --repeats timed runs (after --warmup runs),
+// iterations per second, the process's peak memory, and achieved TFLOP/s from the FLOPs its
+// matrix products, convolutions and attention perform (counted from their shapes).
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <sys/resource.h>
+#include <torch/version.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/flop_counter.h"
+#include "singleinsert/core/logging.h"
+#include "singleinsert/core/random.h"
+#include "singleinsert/core/runtime.h"
+#include "singleinsert/pipeline/default_model.h"
+#include "singleinsert/pipeline/model_bundle.h"
+#include "singleinsert/pipeline/prompt_encoding.h"
+#include "singleinsert/pipeline/text_to_image.h"
+
+namespace fs = std::filesystem;
+using namespace singleinsert;
+
+namespace {
+
+struct BenchOptions {
+  std::vector<std::string> scenarios;
+  std::string arch = "sd15";
+  std::string model;
+  std::string device = "cpu";
+  std::string dtype = "fp32";
+  int resolution = 512;
+  int batch = 0;  // 0: the scenario's default
+  int steps = 50;
+  int warmup = 1;
+  int repeats = 5;
+  bool json = false;
+};
+
+struct Scenario {
+  std::string description;
+  int default_batch;
+  // Prepares inputs once and returns the timed body.
+  std::function<std::function<void()>(ModelBundle&, const BenchOptions&, int batch)> prepare;
+};
+
+void synchronize(const c10::Device& device) {
+  // A tiny copy back to the host waits for every queued kernel on that device.
+  if (!device.is_cpu()) at::zeros({1}, at::TensorOptions().device(device)).cpu();
+}
+
+double peak_memory_mb(const c10::Device& device) {
+  (void)device;
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+at::TensorOptions model_options(const ModelBundle& bundle) {
+  return at::TensorOptions().device(bundle.execution.device).dtype(bundle.execution.dtype);
+}
+
+std::map<std::string, Scenario> scenarios() {
+  std::map<std::string, Scenario> all;
+  all["text_encode"] = {"CLIP text encoder on 77 tokens", 2, [](ModelBundle& bundle, const BenchOptions&, int batch) {
+    const at::Tensor ids = tokenize_prompts(bundle.tokenizer, std::vector<std::string>(batch, "a photo of a face"))
+                               .to(bundle.execution.device);
+    return std::function<void()>([&bundle, ids] { bundle.text_encoder->forward(ids); });
+  }};
+  all["unet_forward"] = {"one UNet call (batch 2 = one guided step)", 2,
+                         [](ModelBundle& bundle, const BenchOptions& o, int batch) {
+    const int64_t side = o.resolution / bundle.vae_scale_factor();
+    const auto options = model_options(bundle);
+    const at::Tensor sample = at::randn({batch, bundle.unet->config().in_channels, side, side}, options);
+    const at::Tensor context = at::randn({batch, 77, bundle.unet->config().cross_attention_dim}, options);
+    const at::Tensor t = at::full({batch}, 500, at::TensorOptions().dtype(at::kLong).device(bundle.execution.device));
+    return std::function<void()>([&bundle, sample, context, t] { bundle.unet->forward(sample, t, context); });
+  }};
+  all["vae_encode"] = {"VAE encoder (image to latent posterior)", 1,
+                       [](ModelBundle& bundle, const BenchOptions& o, int batch) {
+    const auto options = at::TensorOptions().device(bundle.execution.device)
+                             .dtype(bundle.vae->encoder->conv_in->weight.scalar_type());
+    const at::Tensor image = at::rand({batch, 3, o.resolution, o.resolution}, options) * 2 - 1;
+    return std::function<void()>([&bundle, image] { bundle.vae->encode(image); });
+  }};
+  all["vae_decode"] = {"VAE decoder (latent to image)", 1, [](ModelBundle& bundle, const BenchOptions& o, int batch) {
+    const int64_t side = o.resolution / bundle.vae_scale_factor();
+    const auto options = at::TensorOptions().device(bundle.execution.device)
+                             .dtype(bundle.vae->decoder->conv_in->weight.scalar_type());
+    const at::Tensor latents = at::randn({batch, bundle.vae->config().latent_channels, side, side}, options);
+    return std::function<void()>([&bundle, latents] { bundle.vae->decode(latents); });
+  }};
+  all["sample"] = {"text to decoded image: DDIM, --steps steps, guidance 7.5", 1,
+                   [](ModelBundle& bundle, const BenchOptions& o, int batch) {
+    GenerateOptions options;
+    options.prompts = std::vector<std::string>(batch, "a photo of a face wearing sunglasses");
+    options.steps = o.steps;
+    options.sampler = "ddim";
+    options.width = options.height = o.resolution;
+    return std::function<void()>([&bundle, options] { generate(bundle, options); });
+  }};
+  return all;
+}
+
+BenchOptions parse(int argc, char** argv) {
+  BenchOptions o;
+  auto value = [&](int& i) -> std::string {
+    if (i + 1 >= argc) throw Error(fmt::format("{} needs a value", argv[i]));
+    return argv[++i];
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--scenario") o.scenarios.push_back(value(i));
+    else if (arg == "--arch") o.arch = value(i);
+    else if (arg == "--model") o.model = value(i);
+    else if (arg == "--device") o.device = value(i);
+    else if (arg == "--dtype") o.dtype = value(i);
+    else if (arg == "--resolution") o.resolution = std::stoi(value(i));
+    else if (arg == "--batch") o.batch = std::stoi(value(i));
+    else if (arg == "--steps") o.steps = std::stoi(value(i));
+    else if (arg == "--warmup") o.warmup = std::stoi(value(i));
+    else if (arg == "--repeats") o.repeats = std::stoi(value(i));
+    else if (arg == "--json") o.json = true;
+    else if (arg == "--help" || arg == "-h") {
+      std::printf("usage: singleinsert-bench [--scenario NAME ...] [--arch sd15|default] [--model DIR]\n"
+                  "  [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--resolution PX] [--batch N] [--steps N]\n"
+                  "  [--warmup N] [--repeats N] [--json]\nscenarios:");
+      for (const auto& [name, scenario] : scenarios()) std::printf(" %s", name.c_str());
+      std::printf("\n");
+      std::exit(0);
+    } else throw Error(fmt::format("unknown argument '{}' (see --help)", arg));
+  }
+  if (o.scenarios.empty()) o.scenarios = {"text_encode", "unet_forward", "vae_encode", "vae_decode"};
+  if (o.repeats < 1 || o.warmup < 0) throw Error("--repeats must be at least 1 and --warmup at least 0");
+  return o;
+}
+
+int run(int argc, char** argv) {
+  init_logging(LogLevel::kWarn);
+  const RuntimeInfo runtime = configure_runtime();
+  const BenchOptions options = parse(argc, argv);
+  const ExecutionOptions execution = make_execution_options(options.device, options.dtype);
+  const auto all = scenarios();
+  for (const auto& name : options.scenarios)
+    if (!all.count(name)) throw Error(fmt::format("unknown scenario '{}' (see --help)", name));
+
+  const auto load_start = std::chrono::steady_clock::now();
+  std::shared_ptr<ModelBundle> bundle;
+  const fs::path scratch = fs::temp_directory_path() / fmt::format("singleinsert-bench-{}", ::getpid());
+  if (!options.model.empty()) {
+    bundle = load_model_bundle(options.model, execution);
+  } else {
+    if (options.arch != "sd15" && options.arch != "default") throw Error("--arch must be sd15 or default");
+    bundle = random_model_bundle(options.arch == "sd15" ? Architecture::kSd15 : Architecture::kDefault, execution,
+                                 scratch.string());
+  }
+  const double load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
+
+  nlohmann::json report = {{"model", options.model.empty() ? "random:" + options.arch : options.model},
+                           {"device", execution.device.str()}, {"dtype", dtype_name(execution.dtype)},
+                           {"resolution", options.resolution}, {"threads", runtime.threads},
+                           {"allocator", runtime.allocator}, {"torch", TORCH_VERSION},
+                           {"load_seconds", load_seconds}, {"scenarios", nlohmann::json::array()}};
+  if (!options.json)
+    std::printf("model %s on %s (%s), %d px, %d threads, %s allocator, LibTorch %s\n",
+                report["model"].get<std::string>().c_str(), execution.device.str().c_str(),
+                dtype_name(execution.dtype).c_str(), options.resolution, runtime.threads, runtime.allocator.c_str(),
+                TORCH_VERSION);
+
+  at::NoGradGuard no_grad;
+  for (const auto& name : options.scenarios) {
+    const Scenario& scenario = all.at(name);
+    const int batch = options.batch > 0 ? options.batch : scenario.default_batch;
+    const auto body = scenario.prepare(*bundle, options, batch);
+    flops::start();
+    body();  // the first run doubles as warm-up and FLOP count
+    synchronize(execution.device);
+    const int64_t flop_count = flops::stop();
+    for (int i = 1; i < options.warmup; ++i) body();
+    std::vector<double> ms;
+    for (int i = 0; i < options.repeats; ++i) {
+      synchronize(execution.device);
+      const auto start = std::chrono::steady_clock::now();
+      body();
+      synchronize(execution.device);
+      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+    }
+    std::sort(ms.begin(), ms.end());
+    const double median = ms[ms.size() / 2];
+    const nlohmann::json row = {{"scenario", name},
+                                {"batch", batch},
+                                {"median_ms", median},
+                                {"min_ms", ms.front()},
+                                {"max_ms", ms.back()},
+                                {"repeats", options.repeats},
+                                {"it_per_s", 1000.0 / median},
+                                {"peak_memory_mb", peak_memory_mb(execution.device)},
+                                {"memory_kind", execution.device.is_cpu() ? "cpu peak RSS" : "cuda peak allocated"},
+                                {"gflop", static_cast<double>(flop_count) / 1e9},
+                                {"tflop_per_s", static_cast<double>(flop_count) / (median / 1000.0) / 1e12}};
+    report["scenarios"].push_back(row);
+    if (!options.json)
+      std::printf("%-13s batch %d  median %9.1f ms  [%.1f .. %.1f]  %7.3f it/s  %7.0f MB peak  %8.1f GFLOP  %.3f TFLOP/s\n",
+                  name.c_str(), batch, median, ms.front(), ms.back(), 1000.0 / median,
+                  row["peak_memory_mb"].get<double>(), row["gflop"].get<double>(), row["tflop_per_s"].get<double>());
+  }
+  if (options.json) std::printf("%s\n", report.dump(2).c_str());
+  std::error_code ignored;
+  fs::remove_all(scratch, ignored);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::string message = e.what();
+    message = message.substr(0, message.find('\n'));
+    std::fprintf(stderr, "error: %s\n", message.c_str());
+    return 1;
+  }
+}

@@ -1,0 +1,66 @@
+#include "cli_support.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+
+namespace fs = std::filesystem;
+
+namespace singleinsert::cli {
+
+ProgressLine::ProgressLine() : interactive_(isatty(STDERR_FILENO) == 1) {}
+
+ProgressLine::~ProgressLine() { finish(); }
+
+void ProgressLine::operator()(const ProgressReport& report) {
+  if (!interactive_) return;
+  if (report.stage != stage_) {
+    finish();
+    stage_ = report.stage;
+    // Rate and ETA count from the stage's first report.
+    stage_start_ = report.elapsed_seconds;
+  }
+  const double stage_elapsed = report.elapsed_seconds - stage_start_;
+  std::string line = fmt::format("{} {}/{}", report.stage, report.step, report.total);
+  for (const auto& [name, value] : report.values) line += fmt::format("  {} {:.4g}", name, value);
+  if (report.step > 1 && stage_elapsed > 0) {
+    const double rate = static_cast<double>(report.step - 1) / stage_elapsed;
+    const double eta = rate > 0 ? static_cast<double>(report.total - report.step) / rate : 0;
+    line += rate >= 1 ? fmt::format("  {:.2f} it/s", rate) : fmt::format("  {:.2f} s/it", 1.0 / rate);
+    line += "  ETA " + format_duration(eta);
+  }
+  std::fprintf(stderr, "\r\033[K%s", line.c_str());
+  std::fflush(stderr);
+  open_ = true;
+}
+
+void ProgressLine::finish() {
+  if (open_) std::fprintf(stderr, "\n");
+  open_ = false;
+}
+
+OutputDirectory::OutputDirectory(const std::string& dir, bool overwrite) : dir_(dir) {
+  std::error_code error;
+  if (fs::is_directory(dir, error) && !fs::is_empty(dir, error) && !overwrite)
+    throw Error(fmt::format("{}: already exists and is not empty (pass --overwrite to write into it)", dir));
+  created_ = !fs::exists(dir, error);
+  ensure_writable_directory(dir);
+}
+
+OutputDirectory::~OutputDirectory() {
+  std::error_code error;
+  if (created_ && !committed_ && fs::is_empty(dir_, error)) fs::remove(dir_, error);
+}
+
+std::string format_duration(double seconds) {
+  const auto total = static_cast<long>(seconds + 0.5);
+  if (total >= 3600) return fmt::format("{}:{:02}:{:02}", total / 3600, (total / 60) % 60, total % 60);
+  return fmt::format("{}:{:02}", total / 60, total % 60);
+}
+
+}  // namespace singleinsert::cli

@@ -1,0 +1,45 @@
+#pragma once
+// Shared pieces of the command line: progress on a terminal, one-line errors, output folders.
+#include <chrono>
+#include <string>
+
+#include "singleinsert/pipeline/progress.h"
+
+namespace singleinsert::cli {
+
+// Live progress ("denoise 12/50  3.1 it/s  ETA 0:12") on stderr when it is a terminal;
+// silent otherwise, so piped output stays parseable.
+class ProgressLine {
+ public:
+  ProgressLine();
+  ~ProgressLine();
+  void operator()(const ProgressReport& report);
+  void finish();  // ends the live line
+  bool interactive() const { return interactive_; }
+
+ private:
+  bool interactive_;
+  bool open_ = false;
+  std::string stage_;
+  double stage_start_ = 0;
+};
+
+// An output folder checked before any work: a non-empty existing folder is refused unless
+// `overwrite` (nothing is lost), and it must be writable (nothing is computed in vain). A
+// folder created here and left empty is removed again if the run fails before commit().
+class OutputDirectory {
+ public:
+  OutputDirectory(const std::string& dir, bool overwrite);
+  ~OutputDirectory();
+  void commit() { committed_ = true; }
+  const std::string& path() const { return dir_; }
+
+ private:
+  std::string dir_;
+  bool created_ = false;
+  bool committed_ = false;
+};
+
+std::string format_duration(double seconds);
+
+}  // namespace singleinsert::cli

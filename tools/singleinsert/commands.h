@@ -1,0 +1,11 @@
+#pragma once
+// Each subcommand registers its flags and its action on the application.
+#include <CLI/CLI.hpp>
+
+namespace singleinsert::cli {
+
+void add_generate_command(CLI::App& app);
+void add_tokenize_command(CLI::App& app);
+void add_create_default_model_command(CLI::App& app);
+
+}  // namespace singleinsert::cli
