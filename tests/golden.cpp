@@ -4,6 +4,9 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <map>
+
+#include <gtest/gtest.h>
 #include <filesystem>
 
 #include "singleinsert/core/error.h"
@@ -30,8 +33,24 @@ double max_relative_error(const at::Tensor& actual, const at::Tensor& expected) 
   return max_abs_error(actual, expected) / (scale > 0 ? scale : 1.0);
 }
 
+namespace {
+std::map<std::string, double>& worst_errors() {
+  static std::map<std::string, double> errors;
+  return errors;
+}
+}  // namespace
+
 void report_error(const char* measure, const char* what, double value) {
-  std::printf("  [parity] %s %s = %.3g\n", what, measure, value);
+  const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+  const std::string key = std::string(test ? std::string(test->test_suite_name()) + "." + test->name() : "") + "  " +
+                          what + "  (" + measure + ")";
+  double& worst = worst_errors()[key];
+  worst = std::max(worst, value);
+}
+
+void print_error_summary() {
+  std::printf("\nLargest measured error per comparison:\n");
+  for (const auto& [key, value] : worst_errors()) std::printf("  %-9.3g %s\n", value, key.c_str());
 }
 
 }  // namespace singleinsert::testing

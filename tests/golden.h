@@ -19,8 +19,10 @@ SafetensorsFile golden_file(const std::string& relative);
 double max_relative_error(const at::Tensor& actual, const at::Tensor& expected);
 double max_abs_error(const at::Tensor& actual, const at::Tensor& expected);
 
-// Prints "  [parity] <what> <measure> = <value>" so the test log records every measured error.
+// Keeps the largest error measured for each (test, comparison); print_error_summary() lists
+// them at the end of the run so the log records every measured figure.
 void report_error(const char* measure, const char* what, double value);
+void print_error_summary();
 
 }  // namespace singleinsert::testing
 

@@ -4,7 +4,10 @@
 
 #include <ATen/ATen.h>
 
+#include <nlohmann/json.hpp>
+
 #include "golden.h"
+#include "singleinsert/core/files.h"
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/core/state_dict.h"
@@ -86,6 +89,19 @@ TEST(ClipTextModel, StrictLoadingNamesTheProblem) {
   EXPECT_THROW(load_state_dict(*too_deep, testing::golden_file("clip_text_tiny/model.safetensors"),
                                {{"text_model.embeddings.position_ids"}}),
                Error);
+}
+
+TEST(ClipTextModel, FullSd15ConfigHasTransformersKeysAndShapes) {
+  const ClipTextModel model(
+      ClipTextConfig::from_json(JsonConfig::load(testing::golden_path("configs_full/sd15/text_encoder/config.json"))));
+  const auto reference =
+      nlohmann::json::parse(read_file(testing::golden_path("configs_full/sd15_text_encoder_state_dict_shapes.json")));
+  const auto tensors = module_tensors(*model);
+  ASSERT_EQ(tensors.size(), reference["tensors"].size());
+  for (const auto& [key, shape] : reference["tensors"].items()) {
+    ASSERT_TRUE(tensors.count(key)) << "missing " << key;
+    EXPECT_EQ(tensors.at(key).sizes().vec(), shape.get<std::vector<int64_t>>()) << key;
+  }
 }
 
 }  // namespace

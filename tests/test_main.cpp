@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include "golden.h"
 #include "singleinsert/core/logging.h"
 #include "singleinsert/core/runtime.h"
 
@@ -7,5 +8,7 @@ int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   singleinsert::init_logging(singleinsert::LogLevel::kError);
   singleinsert::configure_runtime();
-  return RUN_ALL_TESTS();
+  const int status = RUN_ALL_TESTS();
+  singleinsert::testing::print_error_summary();
+  return status;
 }
