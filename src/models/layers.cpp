@@ -45,6 +45,12 @@ void AdaptableLayer::remove_adapters(const std::string& name) {
                   adapters_.end());
 }
 
+void AdaptableLayer::remove_adapter(const LoraAdapter* adapter) {
+  adapters_.erase(std::remove_if(adapters_.begin(), adapters_.end(),
+                                 [&](const auto& candidate) { return candidate.get() == adapter; }),
+                  adapters_.end());
+}
+
 LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias) {
   weight = register_parameter("weight", uninitialised({out_features, in_features}));
   if (with_bias) bias = register_parameter("bias", uninitialised({out_features}));

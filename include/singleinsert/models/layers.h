@@ -26,6 +26,7 @@ class AdaptableLayer : public InitializableLayer {
  public:
   void add_adapter(std::shared_ptr<LoraAdapter> adapter) { adapters_.push_back(std::move(adapter)); }
   void remove_adapters(const std::string& name);
+  void remove_adapter(const LoraAdapter* adapter);
   void clear_adapters() { adapters_.clear(); }
   const std::vector<std::shared_ptr<LoraAdapter>>& adapters() const { return adapters_; }
   virtual int64_t in_features() const = 0;
