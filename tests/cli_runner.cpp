@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -48,6 +49,35 @@ CliResult run_cli(const std::vector<std::string>& args) {
   result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   result.out = slurp(out_path);
   result.err = slurp(err_path);
+  return result;
+}
+
+CliProcess spawn_cli(const std::vector<std::string>& args) {
+  const std::string dir = fresh_temp_dir("cli_spawn");
+  CliProcess process{-1, dir + "/stdout", dir + "/stderr"};
+  process.pid = fork();
+  if (process.pid == 0) {
+    std::freopen(process.out_path.c_str(), "w", stdout);
+    std::freopen(process.err_path.c_str(), "w", stderr);
+    std::vector<char*> argv;
+    std::string binary = SINGLEINSERT_CLI;
+    argv.push_back(binary.data());
+    std::vector<std::string> copies = args;
+    for (auto& arg : copies) argv.push_back(arg.data());
+    argv.push_back(nullptr);
+    execv(binary.c_str(), argv.data());
+    std::_Exit(127);
+  }
+  return process;
+}
+
+CliResult wait_cli(const CliProcess& process) {
+  int status = 0;
+  waitpid(process.pid, &status, 0);
+  CliResult result;
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.out = slurp(process.out_path);
+  result.err = slurp(process.err_path);
   return result;
 }
 

@@ -13,6 +13,14 @@ struct CliResult {
 
 CliResult run_cli(const std::vector<std::string>& args);
 
+// Starts the command line in the background (stdout/stderr to files) and waits for it.
+struct CliProcess {
+  int pid = -1;
+  std::string out_path, err_path;
+};
+CliProcess spawn_cli(const std::vector<std::string>& args);
+CliResult wait_cli(const CliProcess& process);
+
 // A fresh empty folder under the system temp dir, unique per call.
 std::string fresh_temp_dir(const std::string& name);
 

@@ -5,7 +5,12 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <vector>
+
+#include "singleinsert/core/files.h"
 
 #include "singleinsert/core/error.h"
 
@@ -93,6 +98,41 @@ std::string sha256_of_file(const std::string& path) {
   while ((read = std::fread(chunk.data(), 1, chunk.size(), file)) > 0) hash.update(chunk.data(), read);
   std::fclose(file);
   return hash.hex_digest();
+}
+
+std::string cached_sha256_of_file(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  const fs::path absolute = fs::absolute(path, error);
+  const auto size = fs::file_size(absolute, error);
+  if (error) throw Error(fmt::format("{}: cannot be read ({})", path, error.message()));
+  const auto mtime = fs::last_write_time(absolute, error).time_since_epoch().count();
+  const std::string key = fmt::format("{}|{}|{}", absolute.string(), size, mtime);
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  fs::path cache;
+  if (xdg && *xdg) cache = fs::path(xdg) / "singleinsert" / "sha256.json";
+  else if (home && *home) cache = fs::path(home) / ".cache" / "singleinsert" / "sha256.json";
+  nlohmann::json entries = nlohmann::json::object();
+  if (!cache.empty() && fs::exists(cache, error)) {
+    try {
+      entries = nlohmann::json::parse(read_file(cache.string()));
+      if (entries.contains(key) && entries[key].is_string()) return entries[key].get<std::string>();
+    } catch (const std::exception&) {
+      entries = nlohmann::json::object();  // a damaged cache is rebuilt
+    }
+  }
+  const std::string digest = sha256_of_file(path);
+  if (!cache.empty()) {
+    try {
+      fs::create_directories(cache.parent_path());
+      entries[key] = digest;
+      write_file_atomic(cache.string(), entries.dump(1));
+    } catch (const std::exception&) {
+      // Caching is an optimisation only.
+    }
+  }
+  return digest;
 }
 
 }  // namespace singleinsert

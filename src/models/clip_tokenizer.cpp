@@ -226,13 +226,8 @@ int64_t ClipTokenizer::token_id(const std::string& text) const {
 int64_t ClipTokenizer::add_token(const std::string& text) {
   if (text.empty()) throw Error("cannot add an empty token");
   if (auto it = added_tokens_.find(text); it != added_tokens_.end()) return it->second;
-  int64_t id;
-  if (auto it = encoder_.find(text); it != encoder_.end()) {
-    id = it->second;
-  } else {
-    id = vocab_size();
-    decoder_.push_back(text);
-  }
+  const int64_t id = vocab_size();
+  decoder_.push_back(text);
   added_tokens_[text] = id;
   return id;
 }

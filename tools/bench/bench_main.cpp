@@ -32,7 +32,9 @@
 #include "singleinsert/pipeline/default_model.h"
 #include "singleinsert/pipeline/model_bundle.h"
 #include "singleinsert/pipeline/prompt_encoding.h"
+#include "singleinsert/pipeline/concepts.h"
 #include "singleinsert/pipeline/text_to_image.h"
+#include "singleinsert/training/trainer.h"
 
 namespace fs = std::filesystem;
 using namespace singleinsert;
@@ -70,6 +72,67 @@ double peak_memory_mb(const c10::Device& device) {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
+}
+
+// Training scenarios time individual optimisation steps of a real run (warm-up steps excluded).
+struct TrainingScenario {
+  std::string description;
+  int stage;  // 1 or 2; 0 = the whole schedule (stage I then stage II)
+  int default_batch;
+};
+
+std::map<std::string, TrainingScenario> training_scenarios() {
+  return {{"stage1_step", {"one stage I step (encoder + frozen UNet, forward and backward)", 1, 16}},
+          {"stage2_step", {"one stage II step (encoder + LoRA)", 2, 4}},
+          {"train", {"stage I (50 steps, batch 16) then stage II (100 steps, batch 4)", 0, 0}}};
+}
+
+// Runs the trainer on a synthetic source image and reports per-step milliseconds.
+std::vector<double> time_training(ModelBundle& bundle, const BenchOptions& o, int stage, int batch, int steps,
+                                  double* total_ms) {
+  TrainingConfig config;
+  config.resolution = o.resolution;
+  config.checkpoint_every = 0;
+  if (stage == 0) {
+    if (o.batch > 0) config.stage1.batch = config.stage2.batch = o.batch;
+  } else {
+    StageConfig& s = stage == 1 ? config.stage1 : config.stage2;
+    s.steps = steps;
+    s.batch = batch;
+  }
+  const int64_t latent = o.resolution / bundle.vae_scale_factor();
+  at::Generator generator = make_cpu_generator(0);
+  PreparedSource source;
+  source.pixels = at::rand({1, 3, o.resolution, o.resolution}, generator) * 2 - 1;
+  source.cond_pixels = at::rand({1, 3, config.encoder.image_size, config.encoder.image_size}, generator) * 2 - 1;
+  source.mask_latent = at::zeros({1, 1, latent, latent});
+  source.mask_latent.narrow(2, latent / 4, latent / 2).narrow(3, latent / 4, latent / 2).fill_(1.0);
+  ClipVisionConfig encoder_config = config.encoder;
+  encoder_config.projection_dim = bundle.text_encoder->config().encoder.hidden_size;
+  ClipVisionModel encoder(encoder_config);
+  encoder->init_like_openai(generator);
+  bundle.tokenizer.add_token("*");
+  bundle.text_encoder->resize_token_embeddings(bundle.tokenizer.vocab_size());
+  SingleInsertTrainer trainer(base_model(bundle), encoder, config, source,
+                              tokenize_prompts(bundle.tokenizer, {"* face"}), tokenize_prompts(bundle.tokenizer, {"face"}));
+  std::vector<double> step_ms;
+  auto last = std::chrono::steady_clock::now();
+  TrainingCallbacks callbacks;
+  callbacks.on_step = [&](const StepRecord&) {
+    synchronize(bundle.execution.device);
+    const auto now = std::chrono::steady_clock::now();
+    step_ms.push_back(std::chrono::duration<double, std::milli>(now - last).count());
+    last = now;
+  };
+  const auto start = std::chrono::steady_clock::now();
+  if (stage == 0) {
+    trainer.run_stage(1, callbacks);
+    trainer.run_stage(2, callbacks);
+  } else {
+    trainer.run_stage(stage, callbacks);
+  }
+  *total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return step_ms;
 }
 
 at::TensorOptions model_options(const ModelBundle& bundle) {
@@ -142,6 +205,7 @@ BenchOptions parse(int argc, char** argv) {
                   "  [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--resolution PX] [--batch N] [--steps N]\n"
                   "  [--warmup N] [--repeats N] [--json]\nscenarios:");
       for (const auto& [name, scenario] : scenarios()) std::printf(" %s", name.c_str());
+      for (const auto& [name, scenario] : training_scenarios()) std::printf(" %s", name.c_str());
       std::printf("\n");
       std::exit(0);
     } else throw Error(fmt::format("unknown argument '{}' (see --help)", arg));
@@ -157,8 +221,9 @@ int run(int argc, char** argv) {
   const BenchOptions options = parse(argc, argv);
   const ExecutionOptions execution = make_execution_options(options.device, options.dtype);
   const auto all = scenarios();
+  const auto training = training_scenarios();
   for (const auto& name : options.scenarios)
-    if (!all.count(name)) throw Error(fmt::format("unknown scenario '{}' (see --help)", name));
+    if (!all.count(name) && !training.count(name)) throw Error(fmt::format("unknown scenario '{}' (see --help)", name));
 
   const auto load_start = std::chrono::steady_clock::now();
   std::shared_ptr<ModelBundle> bundle;
@@ -183,8 +248,42 @@ int run(int argc, char** argv) {
                 dtype_name(execution.dtype).c_str(), options.resolution, runtime.threads, runtime.allocator.c_str(),
                 TORCH_VERSION);
 
-  at::NoGradGuard no_grad;
   for (const auto& name : options.scenarios) {
+    if (training.count(name)) {
+      const TrainingScenario& scenario = training.at(name);
+      const int batch = options.batch > 0 ? options.batch : scenario.default_batch;
+      double total_ms = 0;
+      flops::start();
+      std::vector<double> ms = time_training(*bundle, options, scenario.stage, batch, options.warmup + options.repeats,
+                                             &total_ms);
+      const int64_t flop_count = flops::stop();
+      const double per_step_flops = static_cast<double>(flop_count) / static_cast<double>(ms.size());
+      if (scenario.stage != 0) ms.erase(ms.begin(), ms.begin() + std::min<size_t>(options.warmup, ms.size()));
+      std::vector<double> sorted = ms;
+      std::sort(sorted.begin(), sorted.end());
+      const double median = scenario.stage == 0 ? total_ms : sorted[sorted.size() / 2];
+      const nlohmann::json row = {{"scenario", name},
+                                  {"batch", batch},
+                                  {"median_ms", median},
+                                  {"min_ms", scenario.stage == 0 ? total_ms : sorted.front()},
+                                  {"max_ms", scenario.stage == 0 ? total_ms : sorted.back()},
+                                  {"repeats", scenario.stage == 0 ? 1 : static_cast<int>(ms.size())},
+                                  {"it_per_s", 1000.0 / (scenario.stage == 0 ? total_ms / static_cast<double>(ms.size()) : median)},
+                                  {"peak_memory_mb", peak_memory_mb(execution.device)},
+                                  {"memory_kind", execution.device.is_cpu() ? "cpu peak RSS" : "cuda peak allocated"},
+                                  {"gflop", scenario.stage == 0 ? static_cast<double>(flop_count) / 1e9 : per_step_flops / 1e9},
+                                  {"tflop_per_s", scenario.stage == 0 ? static_cast<double>(flop_count) / (total_ms / 1000.0) / 1e12
+                                                                      : per_step_flops / (median / 1000.0) / 1e12},
+                                  {"note", "forward FLOPs only (backward is about twice more)"}};
+      report["scenarios"].push_back(row);
+      if (!options.json)
+        std::printf("%-13s batch %d  median %9.1f ms  [%.1f .. %.1f]  %7.3f it/s  %7.0f MB peak  %8.1f GFLOP fwd  %.3f TFLOP/s fwd\n",
+                    name.c_str(), batch, median, row["min_ms"].get<double>(), row["max_ms"].get<double>(),
+                    row["it_per_s"].get<double>(), row["peak_memory_mb"].get<double>(), row["gflop"].get<double>(),
+                    row["tflop_per_s"].get<double>());
+      continue;
+    }
+    at::NoGradGuard no_grad;
     const Scenario& scenario = all.at(name);
     const int batch = options.batch > 0 ? options.batch : scenario.default_batch;
     const auto body = scenario.prepare(*bundle, options, batch);

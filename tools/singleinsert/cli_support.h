@@ -3,7 +3,7 @@
 #include <chrono>
 #include <string>
 
-#include "singleinsert/pipeline/progress.h"
+#include "singleinsert/core/progress.h"
 
 namespace singleinsert::cli {
 

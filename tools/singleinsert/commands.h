@@ -7,5 +7,7 @@ namespace singleinsert::cli {
 void add_generate_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_create_default_model_command(CLI::App& app);
+void add_invert_command(CLI::App& app);
+void add_finetune_command(CLI::App& app);
 
 }  // namespace singleinsert::cli

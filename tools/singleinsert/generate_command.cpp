@@ -14,6 +14,7 @@
 #include "singleinsert/io/generation_metadata.h"
 #include "singleinsert/io/png.h"
 #include "singleinsert/models/vae.h"
+#include "singleinsert/pipeline/concepts.h"
 #include "singleinsert/pipeline/model_bundle.h"
 #include "singleinsert/pipeline/text_to_image.h"
 #include "singleinsert/sampling/sampler.h"
@@ -30,6 +31,7 @@ struct GenerateArgs {
   std::string device = "auto";
   std::string dtype = "fp32";
   std::string initial_latents;
+  std::vector<std::string> concepts;
   bool overwrite = false;
 };
 
@@ -61,6 +63,10 @@ void run_generate(GenerateArgs& args) {
   OutputDirectory out(args.out, args.overwrite);
 
   auto bundle = load_model_bundle(args.model, execution);
+  std::vector<ConceptRequest> requests;
+  for (const auto& text : args.concepts) requests.push_back(parse_concept_request(text));
+  const AppliedConcepts concepts = apply_concepts(*bundle, requests);
+  require_triggers(options.prompts, concepts.triggers);
   ProgressLine progress;
   const GeneratedImages result = generate(*bundle, options, std::ref(progress));
   progress.finish();
@@ -82,6 +88,7 @@ void run_generate(GenerateArgs& args) {
     record.model = args.model;
     record.device = execution.device.str();
     record.dtype = dtype_name(execution.dtype);
+    record.concepts = args.concepts;
     const std::string name = fmt::format("{:04}.png", i);
     const std::string path = (fs::path(args.out) / name).string();
     write_png(path, result.pixels[i], {{"parameters", a1111_parameters(record)},
@@ -102,6 +109,7 @@ void run_generate(GenerateArgs& args) {
                               {"device", execution.device.str()},
                               {"dtype", dtype_name(execution.dtype)},
                               {"initial_latents", args.initial_latents},
+                              {"concepts", concepts.descriptions},
                               {"seconds", result.seconds},
                               {"images", images}};
   write_file_atomic((fs::path(args.out) / "run.json").string(), run.dump(2) + "\n");
@@ -135,6 +143,8 @@ void add_generate_command(CLI::App& app) {
   command->add_flag("--overwrite", args->overwrite, "Write into a folder that already has files");
   command->add_option("--device", args->device, "auto|cpu|cuda")->capture_default_str();
   command->add_option("--dtype", args->dtype, "fp32|fp16|bf16")->capture_default_str();
+  command->add_option("--concept", args->concepts,
+                      "A concept folder from invert/finetune, optionally DIR:TRIGGER (repeat to compose)");
   command->add_option("--initial-latents", args->initial_latents,
                       "Start from the latents in this safetensors file instead of seeded noise");
   command->callback([args] { run_generate(*args); });

@@ -25,6 +25,7 @@ std::string first_line(const std::string& text) {
 int main(int argc, char** argv) {
   CLI::App app{"singleinsert: insert a concept from a single image into Stable Diffusion, then render it"};
   app.require_subcommand(1);
+  app.fallthrough();  // global flags (--log-level) may follow the subcommand
   app.set_help_all_flag("--help-all", "Print help for every subcommand");
   singleinsert::init_logging(singleinsert::LogLevel::kWarn);
   singleinsert::configure_runtime();
@@ -32,6 +33,8 @@ int main(int argc, char** argv) {
          "--log-level", [](const std::string& level) { singleinsert::init_logging(singleinsert::parse_log_level(level)); },
          "debug, info, warn (default), error or off")
       ->type_name("LEVEL");
+  singleinsert::cli::add_invert_command(app);
+  singleinsert::cli::add_finetune_command(app);
   singleinsert::cli::add_generate_command(app);
   singleinsert::cli::add_tokenize_command(app);
   singleinsert::cli::add_create_default_model_command(app);

@@ -22,4 +22,9 @@ class Sha256 {
 std::string sha256_hex(const std::string& bytes);
 std::string sha256_of_file(const std::string& path);
 
+// sha256_of_file, remembered in $XDG_CACHE_HOME/singleinsert/sha256.json (or ~/.cache/...)
+// under the file's absolute path, size and modification time, so multi-gigabyte weights are
+// hashed once. Works without a cache if none can be written.
+std::string cached_sha256_of_file(const std::string& path);
+
 }  // namespace singleinsert

@@ -35,9 +35,11 @@ class ClipTokenizer {
   std::vector<std::string> tokens(const std::string& text) const;
   std::string decode(const std::vector<int64_t>& ids) const;
 
-  // Adds a token that is matched verbatim before BPE (textual-inversion triggers). Returns its
-  // id; an existing vocabulary entry with that text keeps its id.
+  // Adds a token that is matched verbatim before BPE (textual-inversion triggers) and returns
+  // its new id (the next free one). A text that is already an added token keeps its id; one that
+  // is an ordinary vocabulary entry is shadowed by the new id.
   int64_t add_token(const std::string& text);
+  bool is_vocabulary_token(const std::string& text) const { return encoder_.count(text) != 0; }
   bool has_token(const std::string& text) const;
   int64_t token_id(const std::string& text) const;  // throws if unknown
 

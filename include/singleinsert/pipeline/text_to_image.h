@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "singleinsert/pipeline/model_bundle.h"
-#include "singleinsert/pipeline/progress.h"
+#include "singleinsert/core/progress.h"
 
 namespace singleinsert {
 

@@ -1,0 +1,78 @@
+#pragma once
+// The concept artifact: a folder users keep, share and compose.
+//   concept.json            format version, trigger, class, stage, every training setting, the
+//                           sha256 of the source image, mask and base model, wall times, losses
+//   embedding.safetensors   {"<trigger>": [1, D]} (diffusers' learned_embeds layout)
+//   lora.safetensors        stage II: LoRA weights (diffusers' processor layout; rank and alpha
+//                           in the metadata)
+//   encoder.safetensors     the image encoder (stage II and resuming start from it)
+//   source.png, mask.png    the inputs as trained on, so finetune needs only --concept
+// It is built in "<folder>.partial" and renamed into place when complete, so an interrupted run
+// never leaves a half-written concept; the checkpoint for --resume lives there meanwhile.
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "singleinsert/core/safetensors.h"
+#include "singleinsert/models/lora.h"
+#include "singleinsert/training/trainer.h"
+
+namespace singleinsert {
+
+inline constexpr int kConceptFormatVersion = 1;
+
+struct Concept {
+  std::string path;
+  std::string trigger;
+  std::string class_word;
+  int stage = 1;
+  std::string base_model_sha256;
+  std::string json;          // concept.json as written
+  at::Tensor embedding;      // [1, D]
+  LoraWeightMap lora;        // empty for stage I
+  int64_t lora_rank = 0;
+  double lora_alpha = 0;
+
+  // Reads and checks a concept folder (clear errors for anything missing or inconsistent).
+  static Concept load(const std::string& path);
+  std::string encoder_file() const;
+  std::string source_image_file() const;
+  std::string mask_file() const;
+};
+
+class ConceptBuilder {
+ public:
+  // Refuses an existing folder unless `overwrite`, and an interrupted run's leftovers unless
+  // `resume` (continue it) or `overwrite` (discard it).
+  ConceptBuilder(const std::string& path, bool overwrite, bool resume);
+  // A run that stops before its first checkpoint leaves nothing behind.
+  ~ConceptBuilder();
+
+  const std::string& staging() const { return staging_; }
+  std::string staged(const std::string& name) const;
+
+  void save_checkpoint(const TrainingState& state, const std::string& run_json);
+  // The checkpoint and the run description it was made with, if one exists.
+  std::optional<std::pair<TrainingState, std::string>> load_checkpoint() const;
+
+  // Writes the final files (PNGs are added by the caller into staging()) and moves the folder
+  // into place.
+  void write_embedding(const std::string& trigger, const at::Tensor& embedding);
+  void write_lora(const LoraWeightMap& lora, int64_t rank, double alpha);
+  void write_encoder(const NamedTensors& encoder);
+  void write_json(const std::string& json);
+  void commit();
+
+ private:
+  std::string path_, staging_;
+  bool overwrite_;
+  bool committed_ = false;
+};
+
+// The history of a run as JSON rows and back (stored in concept.json and checkpoints).
+std::string history_json(const std::vector<StepRecord>& history);
+std::vector<StepRecord> parse_history(const std::string& json);
+
+}  // namespace singleinsert

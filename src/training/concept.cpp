@@ -1,0 +1,197 @@
+#include "singleinsert/training/concept.h"
+
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+#include "singleinsert/formats/lora_layouts.h"
+
+namespace fs = std::filesystem;
+
+namespace singleinsert {
+namespace {
+
+std::string partial_path(const std::string& path) {
+  fs::path p = fs::path(path).lexically_normal();
+  if (!p.has_filename()) p = p.parent_path();
+  return p.string() + ".partial";
+}
+
+std::map<std::string, at::Tensor> tensors_of(const std::string& file) {
+  return read_all_tensors(SafetensorsFile::open(file));
+}
+
+}  // namespace
+
+std::string history_json(const std::vector<StepRecord>& history) {
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& r : history)
+    rows.push_back({{"stage", r.stage}, {"step", r.step}, {"loss", r.loss}, {"fg", r.fg}, {"bg", r.bg},
+                    {"sm", r.sm}, {"grad_norm", r.grad_norm}, {"lr", r.lr}, {"seconds", r.seconds}});
+  return rows.dump();
+}
+
+std::vector<StepRecord> parse_history(const std::string& json) {
+  std::vector<StepRecord> out;
+  for (const auto& row : nlohmann::json::parse(json)) {
+    StepRecord r;
+    r.stage = row.at("stage");
+    r.step = row.at("step");
+    r.loss = row.at("loss");
+    r.fg = row.at("fg");
+    r.bg = row.at("bg");
+    r.sm = row.at("sm");
+    r.grad_norm = row.value("grad_norm", 0.0);
+    r.lr = row.value("lr", 0.0);
+    r.seconds = row.value("seconds", 0.0);
+    out.push_back(r);
+  }
+  return out;
+}
+
+Concept Concept::load(const std::string& path) {
+  if (!fs::is_directory(path)) {
+    if (fs::exists(partial_path(path)))
+      throw Error(fmt::format("{}: not finished: an interrupted run is in {} (resume it with --resume)", path,
+                              partial_path(path)));
+    throw Error(fmt::format("{}: no such concept folder", path));
+  }
+  const fs::path dir(path);
+  if (!fs::exists(dir / "concept.json")) throw Error(fmt::format("{}: not a concept folder (no concept.json)", path));
+  Concept concept;
+  concept.path = path;
+  concept.json = read_file((dir / "concept.json").string());
+  nlohmann::json info;
+  try {
+    info = nlohmann::json::parse(concept.json);
+    if (info.value("format_version", 0) > kConceptFormatVersion)
+      throw Error(fmt::format("{}: concept format {} is newer than this singleinsert reads ({})", path,
+                              info.value("format_version", 0), kConceptFormatVersion));
+    concept.trigger = info.at("trigger").get<std::string>();
+    concept.class_word = info.at("class").get<std::string>();
+    concept.stage = info.at("stage").get<int>();
+    concept.base_model_sha256 = info.at("base_model").value("unet_sha256", "");
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("{}: concept.json is incomplete ({})", path, e.what()));
+  }
+  const auto embeddings = tensors_of((dir / "embedding.safetensors").string());
+  if (embeddings.size() != 1) throw Error(fmt::format("{}: embedding.safetensors must hold one tensor", path));
+  concept.embedding = embeddings.begin()->second.to(at::kFloat);
+  if (concept.embedding.dim() == 1) concept.embedding = concept.embedding.unsqueeze(0);
+  if (concept.stage == 2) {
+    const fs::path lora_file = dir / "lora.safetensors";
+    if (!fs::exists(lora_file)) throw Error(fmt::format("{}: a stage II concept without lora.safetensors", path));
+    const SafetensorsFile file = SafetensorsFile::open(lora_file.string());
+    concept.lora_rank = std::stoll(file.metadata().count("lora_rank") ? file.metadata().at("lora_rank") : "0");
+    concept.lora_alpha = std::stod(file.metadata().count("lora_alpha") ? file.metadata().at("lora_alpha") : "0");
+    concept.lora = from_diffusers_processor_layout(read_all_tensors(file), file.path(), concept.lora_alpha);
+  }
+  return concept;
+}
+
+std::string Concept::encoder_file() const { return (fs::path(path) / "encoder.safetensors").string(); }
+std::string Concept::source_image_file() const { return (fs::path(path) / "source.png").string(); }
+std::string Concept::mask_file() const { return (fs::path(path) / "mask.png").string(); }
+
+ConceptBuilder::ConceptBuilder(const std::string& path, bool overwrite, bool resume)
+    : path_(path), staging_(partial_path(path)), overwrite_(overwrite) {
+  std::error_code error;
+  if (fs::exists(path_, error) && !overwrite)
+    throw Error(fmt::format("{}: already exists (pass --overwrite to replace it)", path_));
+  if (fs::exists(staging_, error)) {
+    if (overwrite && !resume) fs::remove_all(staging_, error);
+    else if (!resume)
+      throw Error(fmt::format("{}: an interrupted run left {} (pass --resume to continue it, or --overwrite to "
+                              "start over)",
+                              path_, staging_));
+  } else if (resume) {
+    throw Error(fmt::format("{}: nothing to resume (no {})", path_, staging_));
+  }
+  ensure_writable_directory(staging_);
+}
+
+ConceptBuilder::~ConceptBuilder() {
+  std::error_code error;
+  if (!committed_ && !fs::exists(fs::path(staging_) / "checkpoint", error) &&
+      !fs::exists(fs::path(staging_) / "checkpoint.old", error))
+    fs::remove_all(staging_, error);
+}
+
+std::string ConceptBuilder::staged(const std::string& name) const { return (fs::path(staging_) / name).string(); }
+
+void ConceptBuilder::save_checkpoint(const TrainingState& state, const std::string& run_json) {
+  const fs::path next = fs::path(staging_) / "checkpoint.next", current = fs::path(staging_) / "checkpoint";
+  fs::remove_all(next);
+  fs::create_directories(next);
+  save_safetensors((next / "encoder.safetensors").string(), state.encoder);
+  if (!state.lora.empty()) save_safetensors((next / "lora.safetensors").string(), to_diffusers_processor_layout(state.lora));
+  save_safetensors((next / "optimizer.safetensors").string(), state.optimizer);
+  const nlohmann::json json = {{"stage", state.stage},
+                               {"step", state.step},
+                               {"history", nlohmann::json::parse(history_json(state.history))},
+                               {"run", nlohmann::json::parse(run_json)}};
+  write_file_atomic((next / "state.json").string(), json.dump(1));
+  // Swap in the new checkpoint: the old one stays valid until the new one is complete.
+  const fs::path old = fs::path(staging_) / "checkpoint.old";
+  fs::remove_all(old);
+  if (fs::exists(current)) fs::rename(current, old);
+  fs::rename(next, current);
+  fs::remove_all(old);
+}
+
+std::optional<std::pair<TrainingState, std::string>> ConceptBuilder::load_checkpoint() const {
+  fs::path dir = fs::path(staging_) / "checkpoint";
+  if (!fs::exists(dir / "state.json")) {
+    dir = fs::path(staging_) / "checkpoint.old";  // interrupted while swapping
+    if (!fs::exists(dir / "state.json")) return std::nullopt;
+  }
+  const auto json = nlohmann::json::parse(read_file((dir / "state.json").string()));
+  TrainingState state;
+  state.stage = json.at("stage");
+  state.step = json.at("step");
+  state.history = parse_history(json.at("history").dump());
+  for (const auto& [key, tensor] : tensors_of((dir / "encoder.safetensors").string())) state.encoder.emplace_back(key, tensor);
+  for (const auto& [key, tensor] : tensors_of((dir / "optimizer.safetensors").string())) state.optimizer.emplace_back(key, tensor);
+  if (fs::exists(dir / "lora.safetensors"))
+    state.lora = from_diffusers_processor_layout(tensors_of((dir / "lora.safetensors").string()), "checkpoint");
+  return std::make_pair(std::move(state), json.at("run").dump());
+}
+
+void ConceptBuilder::write_embedding(const std::string& trigger, const at::Tensor& embedding) {
+  save_safetensors(staged("embedding.safetensors"), {{trigger, embedding.detach().cpu().to(at::kFloat).contiguous()}},
+                   {{"format", "pt"}});
+}
+
+void ConceptBuilder::write_lora(const LoraWeightMap& lora, int64_t rank, double alpha) {
+  save_safetensors(staged("lora.safetensors"), to_diffusers_processor_layout(lora),
+                   {{"format", "pt"}, {"lora_rank", std::to_string(rank)}, {"lora_alpha", fmt::format("{}", alpha)},
+                    {"layout", "diffusers-processor"}});
+}
+
+void ConceptBuilder::write_encoder(const NamedTensors& encoder) {
+  save_safetensors(staged("encoder.safetensors"), encoder, {{"format", "pt"}});
+}
+
+void ConceptBuilder::write_json(const std::string& json) { write_file_atomic(staged("concept.json"), json); }
+
+void ConceptBuilder::commit() {
+  std::error_code error;
+  for (const char* leftover : {"checkpoint", "checkpoint.next", "checkpoint.old"})
+    fs::remove_all(fs::path(staging_) / leftover, error);
+  fs::path old;
+  if (fs::exists(path_)) {
+    if (!overwrite_) throw Error(fmt::format("{}: appeared while training (not overwritten)", path_));
+    old = fs::path(staging_ + ".replaced");
+    fs::remove_all(old, error);
+    fs::rename(path_, old);
+  }
+  fs::rename(staging_, path_);
+  committed_ = true;
+  if (!old.empty()) fs::remove_all(old, error);
+}
+
+}  // namespace singleinsert

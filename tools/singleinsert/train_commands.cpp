@@ -1,0 +1,463 @@
+// singleinsert invert (stage I) and finetune (stage II): learn a concept from one image and mask.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "cli_support.h"
+#include "commands.h"
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+#include "singleinsert/core/interrupt.h"
+#include "singleinsert/core/random.h"
+#include "singleinsert/core/sha256.h"
+#include "singleinsert/core/state_dict.h"
+#include "singleinsert/io/image_file.h"
+#include "singleinsert/io/plots.h"
+#include "singleinsert/io/png.h"
+#include "singleinsert/pipeline/concepts.h"
+#include "singleinsert/pipeline/model_bundle.h"
+#include "singleinsert/pipeline/prompt_encoding.h"
+#include "singleinsert/pipeline/text_to_image.h"
+#include "singleinsert/training/concept.h"
+#include "singleinsert/training/trainer.h"
+
+namespace fs = std::filesystem;
+
+namespace singleinsert::cli {
+namespace {
+
+// Flags shared by both stages. A flag that was given overrides the preset.
+struct TrainArgs {
+  std::string model, out, preset = "paper";
+  std::string device = "auto";
+  std::string log_json;
+  bool overwrite = false, resume = false, preview = false;
+  // Overrides (applied only when given).
+  int steps = 0, batch = 0, resolution = 0, checkpoint_every = 0, lora_rank = 0;
+  double lr = 0, bg_weight = 0, sm_weight = 0;
+  uint64_t seed = 0;
+  std::string sm_reference;
+  CLI::App* command = nullptr;
+  bool given(const std::string& flag) const { return command->count(flag) > 0; }
+};
+
+struct InvertArgs : TrainArgs {
+  std::string image, mask, class_word, trigger = "*", encoder_weights, crop = "center";
+};
+
+struct FinetuneArgs : TrainArgs {
+  std::string concept;
+};
+
+void add_common_flags(CLI::App* command, TrainArgs& args, int stage) {
+  args.command = command;
+  command->add_option("--model", args.model, "Diffusers model folder (the base model)")->required();
+  command->add_option("--out", args.out, "Concept folder to create")->required();
+  command->add_option("--preset", args.preset, "Training preset: paper, authors-code, or a JSON file")
+      ->capture_default_str();
+  command->add_option("--steps", args.steps, fmt::format("Stage {} steps", stage == 1 ? "I" : "II"));
+  command->add_option("--batch", args.batch, "Batch size");
+  command->add_option("--lr", args.lr, "Learning rate (AdamW)");
+  command->add_option("--bg-weight", args.bg_weight, "Weight gamma of the background loss");
+  command->add_option("--seed", args.seed, "Seed of every random draw");
+  command->add_option("--checkpoint-every", args.checkpoint_every, "Save a resumable checkpoint every N steps");
+  command->add_flag("--resume", args.resume, "Continue an interrupted run from its last checkpoint");
+  command->add_flag("--overwrite", args.overwrite, "Replace an existing output folder");
+  command->add_option("--log-json", args.log_json, "Append one JSON object per step to this file");
+  command->add_flag("--preview", args.preview, "Render preview.png: the concept in a few prompts");
+  command->add_option("--device", args.device, "auto|cpu|cuda")->capture_default_str();
+}
+
+void apply_overrides(const TrainArgs& args, int stage, TrainingConfig& config) {
+  StageConfig& s = stage == 1 ? config.stage1 : config.stage2;
+  if (args.given("--steps")) s.steps = args.steps;
+  if (args.given("--batch")) s.batch = args.batch;
+  if (args.given("--lr")) s.lr = args.lr;
+  if (args.given("--bg-weight")) config.bg_weight = args.bg_weight;
+  if (args.given("--seed")) config.seed = args.seed;
+  if (args.given("--checkpoint-every")) config.checkpoint_every = args.checkpoint_every;
+  if (args.command->get_option_no_throw("--resolution") && args.given("--resolution")) config.resolution = args.resolution;
+  if (args.command->get_option_no_throw("--sm-weight") && args.given("--sm-weight")) config.sm_weight = args.sm_weight;
+  if (args.command->get_option_no_throw("--lora-rank") && args.given("--lora-rank")) {
+    config.lora_rank = args.lora_rank;
+    config.lora_alpha = args.lora_rank;
+  }
+  if (args.command->get_option_no_throw("--sm-reference") && args.given("--sm-reference"))
+    config.sm_reference = parse_sm_reference(args.sm_reference);
+  config.validate();
+}
+
+// Loads an image or mask, reporting the conversions that were needed.
+at::Tensor load_picture(const std::string& path, const char* role) {
+  LoadedImage loaded = read_image_rgb(path);
+  for (const auto& note : loaded.notes) spdlog::warn("{} {}: {}", role, path, note);
+  return loaded.pixels;
+}
+
+// One JSON object per step, flushed as it is written.
+class StepLog {
+ public:
+  explicit StepLog(const std::string& path) {
+    if (path.empty()) return;
+    file_.open(path, std::ios::app);
+    if (!file_) throw Error(fmt::format("{}: cannot be written", path));
+  }
+  void write(const StepRecord& r) {
+    if (!file_.is_open()) return;
+    file_ << nlohmann::json::parse(history_json({r}))[0].dump() << "\n";
+    file_.flush();
+  }
+
+ private:
+  std::ofstream file_;
+};
+
+// Everything a run needs to be resumed with the same inputs.
+struct RunDescription {
+  std::string model, image_sha256, mask_sha256, trigger, class_word, source_image, source_mask, parent_concept;
+  std::string training_json;
+  std::string to_json() const {
+    return nlohmann::json{{"model", model},
+                          {"image_sha256", image_sha256},
+                          {"mask_sha256", mask_sha256},
+                          {"trigger", trigger},
+                          {"class", class_word},
+                          {"source_image", source_image},
+                          {"source_mask", source_mask},
+                          {"parent_concept", parent_concept},
+                          {"training", nlohmann::json::parse(training_json)}}
+        .dump();
+  }
+};
+
+std::string previous_history(const std::string& concept_json) {
+  const auto json = nlohmann::json::parse(concept_json);
+  return json.contains("history") ? json["history"].dump() : "[]";
+}
+
+// Renders the concept in a few prompts with the weights just trained (the bundle holds them).
+at::Tensor render_preview(ModelBundle& bundle, const std::string& trigger, const std::string& class_word, int size,
+                          uint64_t seed) {
+  const std::string subject = trigger + " " + class_word;
+  GenerateOptions options;
+  options.prompts = {"a photo of " + subject, subject + " on the beach", "a painting of " + subject,
+                     subject + " in the snow"};
+  options.steps = 25;
+  options.sampler = "ddim";
+  options.seed = seed;
+  options.width = options.height = size;
+  const GeneratedImages images = generate(bundle, options);
+  std::vector<at::Tensor> tiles;
+  for (int64_t i = 0; i < images.pixels.size(0); ++i) tiles.push_back(images.pixels[i]);
+  return image_grid(tiles, 4, options.prompts);
+}
+
+at::Tensor plot_history(const std::vector<StepRecord>& history) {
+  std::vector<Curve> curves = {{"loss", {}, {20, 20, 20}}, {"L_fg", {}, {200, 60, 40}},
+                               {"L_bg", {}, {40, 110, 200}}, {"L_sm", {}, {60, 160, 60}}};
+  std::vector<int> boundaries;
+  for (size_t i = 0; i < history.size(); ++i) {
+    const auto& r = history[i];
+    if (i > 0 && r.stage != history[i - 1].stage) boundaries.push_back(static_cast<int>(i));
+    curves[0].values.push_back(r.loss);
+    curves[1].values.push_back(r.fg);
+    curves[2].values.push_back(r.bg);
+    curves[3].values.push_back(r.sm);
+  }
+  return plot_curves("SingleInsert losses (log scale; the line marks stage II)", curves, boundaries);
+}
+
+struct StageRun {
+  std::shared_ptr<ModelBundle> bundle;
+  ClipVisionModel encoder{nullptr};
+  TrainingConfig config;
+  PreparedSource source;
+  RunDescription run;
+  std::vector<StepRecord> earlier_history;  // stage I's, when finetuning
+  LoraWeightMap resume_lora;
+  std::string parent_json;  // the stage I concept.json, when finetuning
+};
+
+// Trains one stage into the builder's staging folder and completes the concept.
+void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const TrainArgs& args,
+                     const std::optional<TrainingState>& checkpoint, double earlier_seconds) {
+  ModelBundle& bundle = *r.bundle;
+  const int64_t trigger_id = bundle.tokenizer.add_token(r.run.trigger);
+  bundle.text_encoder->resize_token_embeddings(bundle.tokenizer.vocab_size());
+  const at::Tensor trigger_ids = tokenize_prompts(bundle.tokenizer, {r.run.trigger + " " + r.run.class_word});
+  const at::Tensor class_ids = tokenize_prompts(bundle.tokenizer, {r.run.class_word});
+  if (trigger_ids[0][1].item<int64_t>() != trigger_id) throw Error("the trigger is not the first token of its prompt");
+
+  SingleInsertTrainer trainer(base_model(bundle), r.encoder, r.config, r.source, trigger_ids, class_ids);
+  ProgressLine progress;
+  StepLog log(args.log_json);
+  TrainingCallbacks callbacks;
+  callbacks.progress = std::ref(progress);
+  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
+  const std::string run_json = r.run.to_json();
+  int last_checkpoint = 0;
+  callbacks.on_checkpoint = [&](const TrainingState& state) {
+    last_checkpoint = state.step;
+    TrainingState full = state;
+    full.history.insert(full.history.begin(), r.earlier_history.begin(), r.earlier_history.end());
+    builder.save_checkpoint(full, run_json);
+  };
+  TrainingState resume_state;
+  if (checkpoint) {
+    resume_state = *checkpoint;
+    // The checkpoint's history includes earlier stages; the trainer keeps only its own.
+    resume_state.history.erase(std::remove_if(resume_state.history.begin(), resume_state.history.end(),
+                                               [stage](const StepRecord& s) { return s.stage != stage; }),
+                               resume_state.history.end());
+  }
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    trainer.run_stage(stage, callbacks, checkpoint ? &resume_state : nullptr);
+  } catch (const TrainingInterrupted& interrupted) {
+    progress.finish();
+    throw Error(fmt::format("interrupted at stage {} step {}; the checkpoint is in {} (continue with --resume)",
+                            interrupted.stage == 1 ? "I" : "II", interrupted.step, builder.staging()));
+  } catch (const TrainingDiverged& diverged) {
+    progress.finish();
+    if (last_checkpoint > 0)
+      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
+                              last_checkpoint, builder.staging()));
+    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
+  }
+  progress.finish();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto& own = trainer.history();
+  if (!own.empty()) seconds = std::max(seconds, own.back().seconds);  // resumed runs count the earlier part
+
+  std::vector<StepRecord> history = r.earlier_history;
+  history.insert(history.end(), own.begin(), own.end());
+  const at::Tensor embedding = trainer.embedding();
+  builder.write_embedding(r.run.trigger, embedding);
+  builder.write_encoder(trainer.encoder_state());
+  if (stage == 2) builder.write_lora(trainer.lora_weights(), r.config.lora_rank, r.config.lora_alpha);
+  write_png(builder.staged("source.png"), r.source.image);
+  write_png(builder.staged("mask.png"), r.source.mask.size(2) == 3 ? r.source.mask
+                                                                       : r.source.mask.narrow(2, 0, 1).contiguous());
+  if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history));
+  if (args.preview) {
+    at::NoGradGuard no_grad;
+    auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
+    table[trigger_id].copy_(embedding[0].to(table.device(), table.scalar_type()));
+    write_png(builder.staged("preview.png"),
+              render_preview(bundle, r.run.trigger, r.run.class_word, r.config.resolution, r.config.seed));
+  }
+
+  auto final_losses = [&](int which) {
+    for (auto it = history.rbegin(); it != history.rend(); ++it)
+      if (it->stage == which) return nlohmann::json{{"loss", it->loss}, {"fg", it->fg}, {"bg", it->bg}, {"sm", it->sm}};
+    return nlohmann::json();
+  };
+  nlohmann::json concept = {
+      {"format_version", kConceptFormatVersion},
+      {"kind", "singleinsert-concept"},
+      {"trigger", r.run.trigger},
+      {"class", r.run.class_word},
+      {"stage", stage},
+      {"base_model", {{"path", r.run.model}, {"unet_sha256", base_model_sha256(bundle)}}},
+      {"source",
+       {{"image_sha256", r.run.image_sha256},
+        {"mask_sha256", r.run.mask_sha256},
+        {"image", r.run.source_image},
+        {"mask", r.run.source_mask},
+        {"foreground_fraction", r.source.foreground_fraction}}},
+      {"training", nlohmann::json::parse(r.config.to_json())},
+      {"embedding", {{"file", "embedding.safetensors"}, {"width", embedding.size(1)}}},
+      {"wall_time_seconds", {{"stage1", stage == 1 ? seconds : earlier_seconds}, {"stage2", stage == 2 ? seconds : 0.0}}},
+      {"final_losses", {{"stage1", final_losses(1)}, {"stage2", final_losses(2)}}},
+      {"history", nlohmann::json::parse(history_json(history))},
+      {"device", bundle.execution.device.str()},
+      {"created_by", "singleinsert"}};
+  if (stage == 2)
+    concept["lora"] = {{"file", "lora.safetensors"},
+                       {"layout", "diffusers-processor"},
+                       {"rank", r.config.lora_rank},
+                       {"alpha", r.config.lora_alpha},
+                       {"modules", trainer.lora_weights().size()},
+                       {"parent_concept", r.run.parent_concept}};
+  builder.write_json(concept.dump(2) + "\n");
+  builder.commit();
+  spdlog::info("stage {} finished in {}", stage == 1 ? "I" : "II", format_duration(seconds));
+  std::fprintf(stderr, "stage %s: %d steps in %s, final loss %.5g\n", stage == 1 ? "I" : "II",
+               stage == 1 ? r.config.stage1.steps : r.config.stage2.steps, format_duration(seconds).c_str(),
+               history.empty() ? 0.0 : history.back().loss);
+  std::printf("%s\n", args.out.c_str());
+}
+
+ClipVisionModel make_encoder(const TrainingConfig& config, int64_t text_width) {
+  ClipVisionConfig encoder_config = config.encoder;
+  encoder_config.projection_dim = text_width;
+  return ClipVisionModel(encoder_config);
+}
+
+void run_invert(InvertArgs& args) {
+  install_interrupt_handler();
+  const ExecutionOptions execution = make_execution_options(args.device, "fp32");
+  ConceptBuilder builder(args.out, args.overwrite, args.resume);
+  std::optional<TrainingState> checkpoint;
+  nlohmann::json saved_run;
+  StageRun r;
+  r.config.apply_json(preset_json(args.preset), args.preset);
+  if (args.resume) {
+    auto saved = builder.load_checkpoint();
+    if (!saved) throw Error(fmt::format("{}: no checkpoint to resume from", builder.staging()));
+    const auto run = nlohmann::json::parse(saved->second);
+    saved_run = run;
+    r.config = TrainingConfig();
+    r.config.apply_json(run.at("training").dump(), "checkpoint");
+    checkpoint = saved->first;
+    if (args.image.empty()) args.image = run.at("source_image");
+    if (args.mask.empty()) args.mask = run.at("source_mask");
+    args.class_word = run.at("class");
+    args.trigger = run.at("trigger");
+    spdlog::info("resuming stage I at step {} with the interrupted run's settings", checkpoint->step);
+  } else {
+    apply_overrides(args, 1, r.config);
+    if (args.given("--encoder-weights")) r.config.encoder_normalization = "clip";
+  }
+  if (args.image.empty() || args.mask.empty() || args.class_word.empty())
+    throw Error("--image, --mask and --class are required");
+  if (args.trigger.empty() || args.trigger.find(' ') != std::string::npos)
+    throw Error(fmt::format("the trigger '{}' must be one word", args.trigger));
+
+  SourceImages images{load_picture(args.image, "image"), load_picture(args.mask, "mask")};
+  r.run.image_sha256 = sha256_of_file(args.image);
+  r.run.mask_sha256 = sha256_of_file(args.mask);
+  if (checkpoint) {
+    if (saved_run.at("image_sha256") != r.run.image_sha256 || saved_run.at("mask_sha256") != r.run.mask_sha256)
+      throw Error("the image or mask changed since the interrupted run (their sha256 differ); start over with --overwrite");
+  }
+  r.bundle = load_model_bundle(args.model, execution);
+  if (r.bundle->tokenizer.is_vocabulary_token(args.trigger) || r.bundle->tokenizer.is_vocabulary_token(args.trigger + "</w>"))
+    spdlog::warn("the trigger '{}' is also a word of the model's vocabulary; in prompts with this concept it will "
+                 "mean the concept (choose another with --trigger if that is a problem)",
+                 args.trigger);
+  if (r.bundle->tokenizer.encode(args.class_word).empty())
+    throw Error(fmt::format("the class word '{}' tokenizes to nothing", args.class_word));
+  const int64_t factor = r.bundle->vae_scale_factor();
+  if (r.config.resolution % factor != 0)
+    throw Error(fmt::format("--resolution {} is not a multiple of the VAE factor {}", r.config.resolution, factor));
+  r.source = prepare_source(images, r.config.resolution, r.config.resolution / static_cast<int>(factor),
+                            static_cast<int>(r.config.encoder.image_size), r.config.encoder_normalization,
+                            args.crop == "none" ? CropMode::kNone : CropMode::kCenter);
+  for (const auto& warning : r.source.warnings) spdlog::warn("{}", warning);
+
+  r.encoder = make_encoder(r.config, r.bundle->text_encoder->config().encoder.hidden_size);
+  at::Generator generator = make_cpu_generator(r.config.seed);
+  r.encoder->init_like_openai(generator);
+  if (!args.encoder_weights.empty()) {
+    // A CLIP vision checkpoint in transformers' layout: the backbone only; the projection onto
+    // the word-embedding space stays freshly initialised.
+    LoadOptions options;
+    options.prefix = "vision_model.";
+    options.tolerated_extra_keys = {"embeddings.position_ids"};
+    load_state_dict(*r.encoder->vision_model, SafetensorsFile::open(args.encoder_weights), options);
+  }
+  r.run.model = args.model;
+  r.run.trigger = args.trigger;
+  r.run.class_word = args.class_word;
+  r.run.source_image = fs::absolute(args.image).string();
+  r.run.source_mask = fs::absolute(args.mask).string();
+  r.run.training_json = r.config.to_json();
+  train_and_write(r, 1, builder, args, checkpoint, 0.0);
+}
+
+void run_finetune(FinetuneArgs& args) {
+  install_interrupt_handler();
+  const ExecutionOptions execution = make_execution_options(args.device, "fp32");
+  const Concept parent = Concept::load(args.concept);
+  if (parent.stage != 1)
+    throw Error(fmt::format("{}: already finetuned (stage {}); finetune starts from a stage I concept made by invert",
+                            args.concept, parent.stage));
+  ConceptBuilder builder(args.out, args.overwrite, args.resume);
+  StageRun r;
+  const auto parent_json = nlohmann::json::parse(parent.json);
+  r.config.apply_json(parent_json.at("training").dump(), args.concept + "/concept.json");
+  std::optional<TrainingState> checkpoint;
+  if (args.resume) {
+    auto saved = builder.load_checkpoint();
+    if (!saved) throw Error(fmt::format("{}: no checkpoint to resume from", builder.staging()));
+    r.config = TrainingConfig();
+    r.config.apply_json(nlohmann::json::parse(saved->second).at("training").dump(), "checkpoint");
+    checkpoint = saved->first;
+  } else {
+    if (args.given("--preset")) {
+      TrainingConfig preset;
+      preset.apply_json(preset_json(args.preset), args.preset);
+      r.config.stage2 = preset.stage2;
+      r.config.sm_weight = preset.sm_weight;
+      r.config.sm_reference = preset.sm_reference;
+      r.config.lora_rank = preset.lora_rank;
+      r.config.lora_alpha = preset.lora_alpha;
+    }
+    apply_overrides(args, 2, r.config);
+  }
+  SourceImages images{load_picture(parent.source_image_file(), "image"), load_picture(parent.mask_file(), "mask")};
+  r.bundle = load_model_bundle(args.model, execution);
+  const std::string model_hash = base_model_sha256(*r.bundle);
+  if (!parent.base_model_sha256.empty() && parent.base_model_sha256 != model_hash)
+    throw Error(fmt::format("{}: trained on another base model (its UNet sha256 {} differs from {}'s {})", args.concept,
+                            parent.base_model_sha256.substr(0, 12), args.model, model_hash.substr(0, 12)));
+  const int64_t factor = r.bundle->vae_scale_factor();
+  r.source = prepare_source(images, r.config.resolution, r.config.resolution / static_cast<int>(factor),
+                            static_cast<int>(r.config.encoder.image_size), r.config.encoder_normalization, CropMode::kCenter);
+  r.encoder = make_encoder(r.config, r.bundle->text_encoder->config().encoder.hidden_size);
+  load_state_dict(*r.encoder, SafetensorsFile::open(parent.encoder_file()));
+  r.earlier_history = parse_history(previous_history(parent.json));
+  r.run.model = args.model;
+  r.run.trigger = parent.trigger;
+  r.run.class_word = parent.class_word;
+  r.run.parent_concept = fs::absolute(args.concept).string();
+  r.run.image_sha256 = parent_json.at("source").value("image_sha256", "");
+  r.run.mask_sha256 = parent_json.at("source").value("mask_sha256", "");
+  r.run.source_image = parent_json.at("source").value("image", "");
+  r.run.source_mask = parent_json.at("source").value("mask", "");
+  r.run.training_json = r.config.to_json();
+  const double stage1_seconds = parent_json.at("wall_time_seconds").value("stage1", 0.0);
+  train_and_write(r, 2, builder, args, checkpoint, stage1_seconds);
+}
+
+}  // namespace
+
+void add_invert_command(CLI::App& app) {
+  auto args = std::make_shared<InvertArgs>();
+  CLI::App* command = app.add_subcommand("invert", "Stage I: learn a concept's word embedding from one image and mask");
+  add_common_flags(command, *args, 1);
+  command->add_option("--image", args->image, "The concept's photo");
+  command->add_option("--mask", args->mask, "Its foreground mask (white = the concept), same size");
+  command->add_option("--class", args->class_word, "The class word, e.g. face, hair, toy");
+  command->add_option("--trigger", args->trigger, "The word that stands for the concept in prompts")
+      ->capture_default_str();
+  command->add_option("--resolution", args->resolution, "Training resolution (preset: 512)");
+  command->add_option("--encoder-weights", args->encoder_weights,
+                      "Start the image encoder from a CLIP ViT-B/32 vision checkpoint (transformers layout)");
+  command->add_option("--crop", args->crop, "center: centre-crop non-square images; none: refuse them")
+      ->check(CLI::IsMember({"center", "none"}))
+      ->capture_default_str();
+  command->callback([args] { run_invert(*args); });
+}
+
+void add_finetune_command(CLI::App& app) {
+  auto args = std::make_shared<FinetuneArgs>();
+  CLI::App* command =
+      app.add_subcommand("finetune", "Stage II: refine a stage I concept with LoRA on the UNet and text encoder");
+  add_common_flags(command, *args, 2);
+  command->add_option("--concept", args->concept, "The stage I concept folder (from invert)")->required();
+  command->add_option("--sm-weight", args->sm_weight, "Weight eta of the semantic loss");
+  command->add_option("--lora-rank", args->lora_rank, "LoRA rank (preset: 4)");
+  command->add_option("--sm-reference", args->sm_reference,
+                      "frozen: the paper's fully frozen reference (default); lora-text-encoder: the authors' code");
+  command->callback([args] { run_finetune(*args); });
+}
+
+}  // namespace singleinsert::cli
