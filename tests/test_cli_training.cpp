@@ -247,5 +247,29 @@ TEST(CliTraining, BadInputsFailCleanly) {
                        "no such concept folder");
 }
 
+TEST(CliTraining, EncoderStartsFromAClipVisionCheckpoint) {
+  // golden/clip_vision_tiny has the architecture of this preset's encoder (64 px, patch 32, width 32).
+  const std::string dir = fresh_temp_dir("encoder_weights");
+  const nlohmann::json preset = {
+      {"resolution", 32},
+      {"stage1", {{"steps", 1}, {"batch", 1}, {"lr", 1e-9}}},
+      {"encoder",
+       {{"image_size", 64}, {"patch_size", 32}, {"hidden_size", 32}, {"intermediate_size", 37},
+        {"num_hidden_layers", 2}, {"num_attention_heads", 4}}}};
+  write_file_atomic(dir + "/preset.json", preset.dump());
+  const CliResult result = run_cli(with(invert_args(dir + "/preset.json", dir + "/concept"),
+                                        {"--encoder-weights", testing::golden_path("clip_vision_tiny/model.safetensors")}));
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const SafetensorsFile trained = SafetensorsFile::open(dir + "/concept/encoder.safetensors");
+  const SafetensorsFile clip = testing::golden_file("clip_vision_tiny/model.safetensors");
+  // One step at lr 1e-9 leaves the backbone where the checkpoint put it.
+  EXPECT_TENSOR_NEAR_ABS(trained.tensor("vision_model.embeddings.patch_embedding.weight"),
+                         clip.tensor("vision_model.embeddings.patch_embedding.weight"), 1e-6);
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir + "/concept/concept.json"))["training"]["encoder_normalization"], "clip");
+  const CliResult wrong = run_cli(with(invert_args(tiny_preset(dir), dir + "/mismatch"),
+                                       {"--encoder-weights", testing::golden_path("clip_vision_tiny/model.safetensors")}));
+  expect_clean_failure(wrong, "has shape");
+}
+
 }  // namespace
 }  // namespace singleinsert

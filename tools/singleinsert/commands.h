@@ -9,5 +9,6 @@ void add_tokenize_command(CLI::App& app);
 void add_create_default_model_command(CLI::App& app);
 void add_invert_command(CLI::App& app);
 void add_finetune_command(CLI::App& app);
+void add_world_command(CLI::App& app);
 
 }  // namespace singleinsert::cli

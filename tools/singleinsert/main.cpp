@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   singleinsert::cli::add_generate_command(app);
   singleinsert::cli::add_tokenize_command(app);
   singleinsert::cli::add_create_default_model_command(app);
+  singleinsert::cli::add_world_command(app);
 
   try {
     app.parse(argc, argv);

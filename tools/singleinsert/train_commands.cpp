@@ -94,9 +94,11 @@ void apply_overrides(const TrainArgs& args, int stage, TrainingConfig& config) {
 }
 
 // Loads an image or mask, reporting the conversions that were needed.
-at::Tensor load_picture(const std::string& path, const char* role) {
+at::Tensor load_picture(const std::string& path, const std::string& role) {
   LoadedImage loaded = read_image_rgb(path);
-  for (const auto& note : loaded.notes) spdlog::warn("{} {}: {}", role, path, note);
+  for (const auto& note : loaded.notes)
+    if (role != "mask" || note != "grayscale expanded to RGB")  // single-channel masks are the norm
+      spdlog::warn("{} {}: {}", role, path, note);
   return loaded.pixels;
 }
 
