@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 namespace fs = std::filesystem;
@@ -36,6 +37,20 @@ std::string fresh_temp_dir(const std::string& name) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
+}
+
+std::string write_tiny_training_preset(const std::string& dir, int stage1_steps, double lr, int checkpoint_every) {
+  const std::string path = dir + "/tiny_preset.json";
+  const nlohmann::json preset = {
+      {"resolution", 32},
+      {"stage1", {{"steps", stage1_steps}, {"batch", 2}, {"lr", lr}}},
+      {"stage2", {{"steps", 2}, {"batch", 2}, {"lr", 1e-3}}},
+      {"checkpoint_every", checkpoint_every},
+      {"encoder",
+       {{"image_size", 32}, {"patch_size", 16}, {"hidden_size", 32}, {"intermediate_size", 64},
+        {"num_hidden_layers", 2}, {"num_attention_heads", 4}}}};
+  std::ofstream(path) << preset.dump();
+  return path;
 }
 
 CliResult run_cli(const std::vector<std::string>& args) {

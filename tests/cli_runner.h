@@ -21,6 +21,11 @@ struct CliProcess {
 CliProcess spawn_cli(const std::vector<std::string>& args);
 CliResult wait_cli(const CliProcess& process);
 
+// A training preset with a small image encoder and few steps at 32 px, so that each training
+// command takes seconds; written to dir/tiny_preset.json, whose path is returned.
+std::string write_tiny_training_preset(const std::string& dir, int stage1_steps = 3, double lr = 1e-3,
+                                       int checkpoint_every = 0);
+
 // A fresh empty folder under the system temp dir, unique per call.
 std::string fresh_temp_dir(const std::string& name);
 

@@ -28,19 +28,8 @@ using testing::CliResult;
 using testing::fresh_temp_dir;
 using testing::run_cli;
 
-// A small image encoder and few steps, so that each command takes seconds.
 std::string tiny_preset(const std::string& dir, int stage1_steps = 3, double lr = 1e-3, int checkpoint_every = 0) {
-  const std::string path = dir + "/tiny_preset.json";
-  const nlohmann::json preset = {
-      {"resolution", 32},
-      {"stage1", {{"steps", stage1_steps}, {"batch", 2}, {"lr", lr}}},
-      {"stage2", {{"steps", 2}, {"batch", 2}, {"lr", 1e-3}}},
-      {"checkpoint_every", checkpoint_every},
-      {"encoder",
-       {{"image_size", 32}, {"patch_size", 16}, {"hidden_size", 32}, {"intermediate_size", 64},
-        {"num_hidden_layers", 2}, {"num_attention_heads", 4}}}};
-  write_file_atomic(path, preset.dump());
-  return path;
+  return testing::write_tiny_training_preset(dir, stage1_steps, lr, checkpoint_every);
 }
 
 std::string image_file() { return testing::golden_path("singleinsert_losses/instance_image.png"); }

@@ -5,6 +5,8 @@
 
 #include "singleinsert/core/error.h"
 
+#include <algorithm>
+
 namespace singleinsert {
 namespace {
 
@@ -61,6 +63,142 @@ LoraWeightMap from_diffusers_processor_layout(const std::map<std::string, at::Te
     if (!w.down.defined() || !w.up.defined())
       throw Error(fmt::format("{}: LoRA for '{}' lacks its {} weight", origin, path, w.down.defined() ? "up" : "down"));
   return out;
+}
+
+std::string lora_layout_name(LoraLayout layout) {
+  switch (layout) {
+    case LoraLayout::kKohya: return "kohya";
+    case LoraLayout::kPeft: return "peft";
+    default: return "diffusers-processor";
+  }
+}
+
+LoraLayout detect_lora_layout(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
+  size_t kohya = 0, peft = 0, processor = 0;
+  for (const auto& [key, tensor] : tensors) {
+    kohya += key.rfind("lora_unet_", 0) == 0 || key.rfind("lora_te_", 0) == 0;
+    peft += ends_with(key, ".lora_A.weight") || ends_with(key, ".lora_B.weight") || ends_with(key, ".lora.down.weight") ||
+            ends_with(key, ".lora.up.weight");
+    processor += key.find(".processor.") != std::string::npos || key.find(".lora_linear_layer.") != std::string::npos;
+  }
+  if (kohya > 0 && peft == 0 && processor == 0) return LoraLayout::kKohya;
+  if (peft > 0 && kohya == 0) return LoraLayout::kPeft;
+  if (processor > 0 && kohya == 0 && peft == 0) return LoraLayout::kDiffusersProcessor;
+  throw Error(fmt::format("{}: not a LoRA layout singleinsert reads (kohya lora_unet_/lora_te_, diffusers/PEFT "
+                          "lora_A/lora_B, or diffusers' attention-processor layout)",
+                          origin));
+}
+
+std::string kohya_name(const std::string& path) {
+  std::string rest;
+  std::string prefix;
+  if (path.rfind("unet.", 0) == 0) prefix = "lora_unet_", rest = path.substr(5);
+  else if (path.rfind("text_encoder.", 0) == 0) prefix = "lora_te_", rest = path.substr(13);
+  else throw Error(fmt::format("module '{}' has no kohya name", path));
+  std::replace(rest.begin(), rest.end(), '.', '_');
+  return prefix + rest;
+}
+
+LoraWeightMap from_kohya_layout(const std::map<std::string, at::Tensor>& tensors,
+                                const std::vector<std::string>& module_paths, const std::string& origin) {
+  std::map<std::string, std::string> by_name;
+  for (const auto& path : module_paths)
+    if (path.rfind("unet.", 0) == 0 || path.rfind("text_encoder.", 0) == 0) by_name[kohya_name(path)] = path;
+  LoraWeightMap out;
+  std::vector<std::string> unknown;
+  for (const auto& [key, tensor] : tensors) {
+    if (key.rfind("bundle_emb.", 0) == 0) continue;  // embeddings bundled with a LoRA (sd-scripts, A1111)
+    const size_t dot = key.find('.');
+    const std::string name = key.substr(0, dot), leaf = dot == std::string::npos ? "" : key.substr(dot + 1);
+    auto it = by_name.find(name);
+    if (it == by_name.end()) {
+      if (std::find(unknown.begin(), unknown.end(), name) == unknown.end()) unknown.push_back(name);
+      continue;
+    }
+    LoraWeights& w = out[it->second];
+    if (leaf == "lora_down.weight") w.down = tensor;
+    else if (leaf == "lora_up.weight") w.up = tensor;
+    else if (leaf == "alpha") w.alpha = tensor.item<double>();
+    else throw Error(fmt::format("{}: unexpected LoRA tensor '{}'", origin, key));
+  }
+  if (!unknown.empty()) {
+    std::string listed;
+    for (size_t i = 0; i < unknown.size() && i < 3; ++i) listed += (i ? ", " : "") + unknown[i];
+    throw Error(fmt::format("{}: {} LoRA target(s) do not exist in the model: {}{}", origin, unknown.size(), listed,
+                            unknown.size() > 3 ? ", ..." : ""));
+  }
+  for (const auto& [path, w] : out)
+    if (!w.down.defined() || !w.up.defined())
+      throw Error(fmt::format("{}: LoRA for '{}' lacks its {} weight", origin, kohya_name(path),
+                              w.down.defined() ? "lora_up" : "lora_down"));
+  return out;
+}
+
+NamedTensors to_kohya_layout(const LoraWeightMap& weights) {
+  NamedTensors out;
+  for (const auto& [path, w] : weights) {
+    const std::string name = kohya_name(path);
+    out.emplace_back(name + ".lora_down.weight", w.down.contiguous());
+    out.emplace_back(name + ".lora_up.weight", w.up.contiguous());
+    // kohya always stores alpha; "no alpha" means a factor of 1, i.e. alpha = rank.
+    out.emplace_back(name + ".alpha",
+                     at::scalar_tensor(w.alpha > 0 ? w.alpha : static_cast<double>(w.down.size(0)), at::kFloat));
+  }
+  return out;
+}
+
+LoraWeightMap from_peft_layout(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
+  static const std::pair<const char*, bool> suffixes[] = {
+      {".lora_A.weight", true}, {".lora_B.weight", false}, {".lora.down.weight", true}, {".lora.up.weight", false}};
+  LoraWeightMap out;
+  for (const auto& [key, tensor] : tensors) {
+    bool matched = false;
+    for (const auto& [suffix, is_down] : suffixes)
+      if (ends_with(key, suffix)) {
+        const std::string path = key.substr(0, key.size() - std::string(suffix).size());
+        (is_down ? out[path].down : out[path].up) = tensor;
+        matched = true;
+      }
+    if (!matched && ends_with(key, ".alpha")) {
+      out[key.substr(0, key.size() - 6)].alpha = tensor.item<double>();
+      matched = true;
+    }
+    if (!matched) throw Error(fmt::format("{}: unexpected tensor '{}' in a PEFT LoRA file", origin, key));
+  }
+  for (const auto& [path, w] : out)
+    if (!w.down.defined() || !w.up.defined())
+      throw Error(fmt::format("{}: LoRA for '{}' lacks its {} weight", origin, path, w.down.defined() ? "lora_B" : "lora_A"));
+  return out;
+}
+
+NamedTensors to_peft_layout(const LoraWeightMap& weights) {
+  NamedTensors out;
+  for (const auto& [path, w] : weights) {
+    out.emplace_back(path + ".lora_A.weight", w.down.contiguous());
+    out.emplace_back(path + ".lora_B.weight", w.up.contiguous());
+  }
+  return out;
+}
+
+LoraWeightMap read_lora_file(const SafetensorsFile& file, const std::vector<std::string>& module_paths,
+                             LoraLayout* layout) {
+  const auto tensors = read_all_tensors(file);
+  const LoraLayout detected = detect_lora_layout(tensors, file.path());
+  if (layout) *layout = detected;
+  switch (detected) {
+    case LoraLayout::kKohya: return from_kohya_layout(tensors, module_paths, file.path());
+    case LoraLayout::kPeft: {
+      LoraWeightMap weights = from_peft_layout(tensors, file.path());
+      if (file.metadata().count("lora_alpha"))
+        for (auto& [path, w] : weights)
+          if (w.alpha == 0) w.alpha = std::stod(file.metadata().at("lora_alpha"));
+      return weights;
+    }
+    default: {
+      const double alpha = file.metadata().count("lora_alpha") ? std::stod(file.metadata().at("lora_alpha")) : 0.0;
+      return from_diffusers_processor_layout(tensors, file.path(), alpha);
+    }
+  }
 }
 
 std::map<std::string, at::Tensor> read_all_tensors(const SafetensorsFile& file) {

@@ -22,10 +22,12 @@ std::string a1111_parameters(const GenerationRecord& r) {
   if (!r.negative_prompt.empty()) text += "\nNegative prompt: " + r.negative_prompt;
   text += fmt::format("\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {}, Size: {}x{}", r.steps,
                       a1111_sampler_name(r.sampler), r.guidance_scale, r.seed, r.width, r.height);
-  if (!r.model.empty()) text += ", Model: " + std::filesystem::path(r.model).filename().string();
+  if (!r.model_hash.empty()) text += ", Model hash: " + r.model_hash;
+  if (!r.model.empty()) text += ", Model: " + std::filesystem::path(r.model).stem().string();
   if (r.batch_size > 1) text += fmt::format(", Batch size: {}, Batch pos: {}", r.batch_size, r.batch_position);
   for (const auto& concept : r.concepts) text += ", Concept: " + concept;
   for (const auto& lora : r.loras) text += ", Lora: " + lora;
+  for (const auto& embedding : r.embeddings) text += ", Embedding: " + embedding;
   text += ", Version: singleinsert";
   return text;
 }
@@ -36,7 +38,8 @@ std::string generation_record_json(const GenerationRecord& r) {
       {"sampler", r.sampler},   {"guidance_scale", r.guidance_scale},   {"seed", r.seed},
       {"width", r.width},       {"height", r.height},                   {"batch_size", r.batch_size},
       {"batch_position", r.batch_position}, {"model", r.model},         {"device", r.device},
-      {"dtype", r.dtype},       {"concepts", r.concepts},               {"loras", r.loras}};
+      {"dtype", r.dtype},       {"concepts", r.concepts},               {"loras", r.loras},
+      {"embeddings", r.embeddings}, {"model_hash", r.model_hash}};
   return j.dump();
 }
 

@@ -80,6 +80,11 @@ ClipTextConfig ClipTextConfig::tiny() {
   return c;
 }
 
+ClipTextConfig ClipTextConfig::sd15() {
+  ClipTextConfig c;  // the struct's defaults are ViT-L/14's text tower
+  return c;
+}
+
 void ClipTextConfig::validate() const {
   validate_encoder(encoder, "text encoder config");
   if (vocab_size <= 0 || max_position_embeddings <= 0)

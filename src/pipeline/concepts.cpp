@@ -8,6 +8,11 @@
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/sha256.h"
+#include "singleinsert/formats/embeddings.h"
+#include "singleinsert/formats/lora_layouts.h"
+
+#include <filesystem>
+namespace fs = std::filesystem;
 
 namespace singleinsert {
 
@@ -43,7 +48,6 @@ AppliedConcepts apply_concepts(ModelBundle& bundle, const std::vector<ConceptReq
   if (requests.empty()) return applied;
   const std::string model_hash = base_model_sha256(bundle);
   std::set<std::string> seen;
-  auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
   for (const auto& request : requests) {
     const Concept concept = Concept::load(request.path);
     const std::string trigger = request.trigger.empty() ? concept.trigger : request.trigger;
@@ -54,18 +58,8 @@ AppliedConcepts apply_concepts(ModelBundle& bundle, const std::vector<ConceptReq
       throw Error(fmt::format("{}: trained on another base model (its UNet sha256 {} differs from {}'s {})",
                               request.path, concept.base_model_sha256.substr(0, 12), bundle.path,
                               model_hash.substr(0, 12)));
-    if (concept.embedding.size(-1) != table.size(1))
-      throw Error(fmt::format("{}: its embedding is {} wide but the text encoder's is {}", request.path,
-                              concept.embedding.size(-1), table.size(1)));
-    if (bundle.tokenizer.is_vocabulary_token(trigger))
-      spdlog::debug("the trigger '{}' is also a word of the vocabulary; in prompts it means the concept", trigger);
-    const int64_t id = bundle.tokenizer.add_token(trigger);
-    bundle.text_encoder->resize_token_embeddings(bundle.tokenizer.vocab_size());
-    {
-      at::NoGradGuard no_grad;
-      auto& grown = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
-      grown[id].copy_(concept.embedding[0].to(grown.device(), grown.scalar_type()));
-    }
+    // A concept's own trigger was chosen (and warned about) when it was trained.
+    insert_embedding(bundle, trigger, concept.embedding, request.path, /*warn_on_collision=*/!request.trigger.empty());
     if (!concept.lora.empty()) {
       auto network = LoraNetwork::from_weights(request.path, concept.lora,
                                                singleinsert_lora_targets(*bundle.unet, *bundle.text_encoder),
@@ -78,6 +72,100 @@ AppliedConcepts apply_concepts(ModelBundle& bundle, const std::vector<ConceptReq
                                                concept.class_word, concept.stage));
   }
   return applied;
+}
+
+void insert_embedding(ModelBundle& bundle, const std::string& token, const at::Tensor& vectors, const std::string& origin,
+                      bool warn_on_collision) {
+  const auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
+  if (vectors.dim() != 2 || vectors.size(1) != table.size(1))
+    throw Error(fmt::format("{}: its embedding is {} wide but the text encoder's is {}", origin, vectors.size(-1),
+                            table.size(1)));
+  if (warn_on_collision &&
+      (bundle.tokenizer.is_vocabulary_token(token) || bundle.tokenizer.is_vocabulary_token(token + "</w>")))
+    spdlog::warn("{}: the trigger '{}' is also a word of the vocabulary; in prompts it now means the embedding", origin,
+                 token);
+  std::string expansion;
+  std::vector<int64_t> ids;
+  for (int64_t i = 0; i < vectors.size(0); ++i) {
+    const std::string name = i == 0 ? token : fmt::format("{}_{}", token, i);
+    ids.push_back(bundle.tokenizer.add_token(name));
+    expansion += (i ? " " : "") + name;
+  }
+  bundle.text_encoder->resize_token_embeddings(bundle.tokenizer.vocab_size());
+  at::NoGradGuard no_grad;
+  auto& grown = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
+  for (size_t i = 0; i < ids.size(); ++i) grown[ids[i]].copy_(vectors[i].to(grown.device(), grown.scalar_type()));
+  if (vectors.size(0) > 1) bundle.prompt_expansions[token] = expansion;
+}
+
+LoraRequest parse_lora_request(const std::string& text) {
+  LoraRequest request;
+  request.path = text;
+  const size_t colon = text.rfind(':');
+  if (colon != std::string::npos && colon + 1 < text.size()) {
+    try {
+      size_t used = 0;
+      const double scale = std::stod(text.substr(colon + 1), &used);
+      if (used == text.size() - colon - 1) {
+        request.path = text.substr(0, colon);
+        request.scale = scale;
+      }
+    } catch (const std::exception&) {
+      // not a scale: the colon belongs to the path
+    }
+  }
+  return request;
+}
+
+EmbeddingRequest parse_embedding_request(const std::string& text) {
+  const ConceptRequest parsed = parse_concept_request(text);
+  return {parsed.path, parsed.trigger};
+}
+
+std::map<std::string, AdaptableLayer*> adaptable_modules(ModelBundle& bundle) {
+  auto modules = named_adaptable_layers(*bundle.unet, "unet");
+  modules.merge(named_adaptable_layers(*bundle.text_encoder, "text_encoder"));
+  return modules;
+}
+
+std::vector<std::shared_ptr<LoraNetwork>> apply_loras(ModelBundle& bundle, const std::vector<LoraRequest>& requests) {
+  std::vector<std::shared_ptr<LoraNetwork>> networks;
+  if (requests.empty()) return networks;
+  const auto modules = adaptable_modules(bundle);
+  std::vector<std::string> paths;
+  for (const auto& [path, layer] : modules) paths.push_back(path);
+  for (const auto& request : requests) {
+    LoraLayout layout;
+    const LoraWeightMap weights = read_lora_file(SafetensorsFile::open(request.path), paths, &layout);
+    auto network = LoraNetwork::from_weights(request.path, weights, modules,
+                                             {bundle.unet.ptr(), bundle.text_encoder.ptr()}, request.path);
+    network->set_scale(request.scale);
+    spdlog::info("{}: {} LoRA ({} modules, rank {}), scale {}", request.path, lora_layout_name(layout), weights.size(),
+                 network->rank(), request.scale);
+    networks.push_back(network);
+    // Embeddings bundled in the file: bundle_emb.<name>.string_to_param.* = [n, D].
+    const SafetensorsFile file = SafetensorsFile::open(request.path);
+    for (const auto& key : file.keys())
+      if (key.rfind("bundle_emb.", 0) == 0 && key.find(".string_to_param.") != std::string::npos) {
+        const std::string name = key.substr(11, key.find(".string_to_param.") - 11);
+        at::Tensor vectors = file.tensor(key).to(at::kFloat);
+        insert_embedding(bundle, name, vectors.dim() == 1 ? vectors.unsqueeze(0) : vectors, request.path);
+        spdlog::info("{}: bundled embedding '{}'", request.path, name);
+      }
+  }
+  return networks;
+}
+
+std::vector<std::string> apply_embeddings(ModelBundle& bundle, const std::vector<EmbeddingRequest>& requests) {
+  std::vector<std::string> triggers;
+  for (const auto& request : requests) {
+    const TextualInversion embedding = read_embedding_file(SafetensorsFile::open(request.path));
+    std::string trigger = request.trigger;
+    if (trigger.empty()) trigger = embedding.token.empty() ? fs::path(request.path).stem().string() : embedding.token;
+    insert_embedding(bundle, trigger, embedding.vectors, request.path);
+    triggers.push_back(trigger);
+  }
+  return triggers;
 }
 
 void require_triggers(const std::vector<std::string>& prompts, const std::vector<std::string>& triggers) {

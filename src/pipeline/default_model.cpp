@@ -56,32 +56,6 @@ ClipTextConfig default_text_encoder(int64_t vocab_size) {
   return c;
 }
 
-// SD v1.5's scheduler configuration (PNDM with PLMS steps), as diffusers 0.25 writes it.
-std::string scheduler_config_json() {
-  const nlohmann::json j = {{"_class_name", "PNDMScheduler"}, {"_diffusers_version", "0.25.1"},
-                            {"beta_start", 0.00085},         {"beta_end", 0.012},
-                            {"beta_schedule", "scaled_linear"}, {"num_train_timesteps", 1000},
-                            {"prediction_type", "epsilon"},  {"set_alpha_to_one", false},
-                            {"skip_prk_steps", true},        {"steps_offset", 1},
-                            {"clip_sample", false},          {"timestep_spacing", "leading"},
-                            {"trained_betas", nullptr}};
-  return j.dump(2);
-}
-
-std::string model_index_json() {
-  const nlohmann::json j = {{"_class_name", "StableDiffusionPipeline"},
-                            {"_diffusers_version", "0.25.1"},
-                            {"requires_safety_checker", false},
-                            {"feature_extractor", {nullptr, nullptr}},
-                            {"safety_checker", {nullptr, nullptr}},
-                            {"scheduler", {"diffusers", "PNDMScheduler"}},
-                            {"text_encoder", {"transformers", "CLIPTextModel"}},
-                            {"tokenizer", {"transformers", "CLIPTokenizer"}},
-                            {"unet", {"diffusers", "UNet2DConditionModel"}},
-                            {"vae", {"diffusers", "AutoencoderKL"}}};
-  return j.dump(2);
-}
-
 // CLIP initialises its embeddings with small normals; unit normals would saturate the encoder.
 void init_clip_embeddings(ClipTextModelImpl& text_encoder, at::Generator& generator) {
   at::NoGradGuard no_grad;
@@ -191,8 +165,8 @@ void create_default_model(const std::string& directory, uint64_t seed) {
       save_module(*module, staging / name / weights);
     }
     fs::create_directories(staging / "scheduler");
-    write_file_atomic((staging / "scheduler" / "scheduler_config.json").string(), scheduler_config_json());
-    write_file_atomic((staging / "model_index.json").string(), model_index_json());
+    write_file_atomic((staging / "scheduler" / "scheduler_config.json").string(), sd15_scheduler_config_json());
+    write_file_atomic((staging / "model_index.json").string(), diffusers_model_index_json());
     fs::rename(staging, target);
   } catch (...) {
     std::error_code ignored;
@@ -216,9 +190,9 @@ std::shared_ptr<ModelBundle> random_model_bundle(Architecture architecture, cons
   }
   text_config.vocab_size = std::max<int64_t>(text_config.vocab_size, tokenizer.vocab_size());
   auto bundle = std::make_shared<ModelBundle>(ModelBundle{
-      "random:" + std::string(full ? "sd15" : "default"), tokenizer, ClipTextModel(text_config),
+      "random:" + std::string(full ? "sd15" : "default"), tokenizer_dir.string(), tokenizer, ClipTextModel(text_config),
       UNet2DConditionModel(full ? UNetConfig::sd15() : default_unet(text_config.encoder.hidden_size)),
-      AutoencoderKL(full ? VaeConfig() : default_vae()), JsonConfig::parse(scheduler_config_json(), "sd15 scheduler"),
+      AutoencoderKL(full ? VaeConfig() : default_vae()), JsonConfig::parse(sd15_scheduler_config_json(), "sd15 scheduler"),
       execution, ""});
   at::Generator generator = make_cpu_generator(seed);
   const auto modules =

@@ -5,9 +5,13 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <nlohmann/json.hpp>
+#include <random>
 
 #include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
 #include "singleinsert/core/state_dict.h"
+#include "singleinsert/formats/ldm_checkpoint.h"
 
 namespace fs = std::filesystem;
 
@@ -42,59 +46,174 @@ JsonConfig component_config(const fs::path& dir, const std::string& file = "conf
   return JsonConfig::load(path.string());
 }
 
-}  // namespace
+void check_components_fit(const ModelBundle& bundle) {
+  if (bundle.text_encoder->config().encoder.hidden_size != bundle.unet->config().cross_attention_dim)
+    throw Error(fmt::format("{}: the text encoder's width {} differs from the UNet's cross_attention_dim {}", bundle.path,
+                            bundle.text_encoder->config().encoder.hidden_size, bundle.unet->config().cross_attention_dim));
+  if (bundle.vae->config().latent_channels != bundle.unet->config().in_channels)
+    throw Error(fmt::format("{}: the VAE has {} latent channels but the UNet takes {}", bundle.path,
+                            bundle.vae->config().latent_channels, bundle.unet->config().in_channels));
+}
 
-std::shared_ptr<ModelBundle> load_model_bundle(const std::string& folder, const ExecutionOptions& execution) {
-  const fs::path root(folder);
-  if (!fs::exists(root)) throw Error(fmt::format("{}: no such model folder", folder));
-  if (!fs::is_directory(root))
-    throw Error(fmt::format("{}: not a folder (single-file checkpoints are not supported yet: give a diffusers "
-                            "folder)",
-                            folder));
+void place(ModelBundle& bundle, const ExecutionOptions& execution) {
+  // Half precision VAEs overflow in decoding (diffusers' force_upcast); they stay in float32.
+  const bool vae_in_fp32 = execution.dtype == at::kHalf && bundle.vae->config().force_upcast;
+  bundle.text_encoder->to(execution.device, execution.dtype);
+  bundle.unet->to(execution.device, execution.dtype);
+  bundle.vae->to(execution.device, vae_in_fp32 ? at::kFloat : execution.dtype);
+  for (auto* module : std::initializer_list<torch::nn::Module*>{bundle.text_encoder.get(), bundle.unet.get(),
+                                                                bundle.vae.get()}) {
+    module->eval();
+    for (auto& parameter : module->parameters()) parameter.set_requires_grad(false);
+  }
+}
+
+std::shared_ptr<ModelBundle> load_folder(const fs::path& root, const ExecutionOptions& execution) {
+  const std::string folder = root.string();
   if (!fs::exists(root / "model_index.json"))
     throw Error(fmt::format("{}: not a diffusers model folder (no model_index.json)", folder));
-
   const fs::path tokenizer_dir = component_dir(root, "tokenizer"), text_dir = component_dir(root, "text_encoder"),
                  unet_dir = component_dir(root, "unet"), vae_dir = component_dir(root, "vae"),
                  scheduler_dir = component_dir(root, "scheduler");
   auto bundle = std::make_shared<ModelBundle>(ModelBundle{
-      folder, ClipTokenizer::load(tokenizer_dir.string()), nullptr, nullptr, nullptr,
+      folder, tokenizer_dir.string(), ClipTokenizer::load(tokenizer_dir.string()), nullptr, nullptr, nullptr,
       component_config(scheduler_dir, "scheduler_config.json"), execution, ""});
-
   at::NoGradGuard no_grad;
   bundle->text_encoder = ClipTextModel(ClipTextConfig::from_json(component_config(text_dir)));
   load_state_dict(*bundle->text_encoder, SafetensorsFile::open(weights_file(text_dir, "model")),
                   {{"text_model.embeddings.position_ids", "text_projection.weight"}});
-
   bundle->unet = UNet2DConditionModel(UNetConfig::from_json(component_config(unet_dir)));
   bundle->unet_weights_path = weights_file(unet_dir, "diffusion_pytorch_model");
   load_state_dict(*bundle->unet, SafetensorsFile::open(bundle->unet_weights_path));
-
   bundle->vae = AutoencoderKL(VaeConfig::from_json(component_config(vae_dir)));
   LoadOptions vae_options;
   vae_options.rename = rename_legacy_vae_key;
   load_state_dict(*bundle->vae, SafetensorsFile::open(weights_file(vae_dir, "diffusion_pytorch_model")), vae_options);
-
-  if (bundle->text_encoder->config().encoder.hidden_size != bundle->unet->config().cross_attention_dim)
-    throw Error(fmt::format("{}: the text encoder's width {} differs from the UNet's cross_attention_dim {}", folder,
-                            bundle->text_encoder->config().encoder.hidden_size,
-                            bundle->unet->config().cross_attention_dim));
-  if (bundle->vae->config().latent_channels != bundle->unet->config().in_channels)
-    throw Error(fmt::format("{}: the VAE has {} latent channels but the UNet takes {}", folder,
-                            bundle->vae->config().latent_channels, bundle->unet->config().in_channels));
-
-  // Half precision VAEs overflow in decoding (diffusers' force_upcast); they stay in float32.
-  const bool vae_in_fp32 = execution.dtype == at::kHalf && bundle->vae->config().force_upcast;
-  bundle->text_encoder->to(execution.device, execution.dtype);
-  bundle->unet->to(execution.device, execution.dtype);
-  bundle->vae->to(execution.device, vae_in_fp32 ? at::kFloat : execution.dtype);
-  for (auto* module : std::initializer_list<torch::nn::Module*>{bundle->text_encoder.get(), bundle->unet.get(),
-                                                                bundle->vae.get()}) {
-    module->eval();
-    for (auto& parameter : module->parameters()) parameter.set_requires_grad(false);
-  }
-  spdlog::debug("loaded {} ({} on {})", folder, dtype_name(execution.dtype), execution.device.str());
   return bundle;
+}
+
+std::shared_ptr<ModelBundle> load_single_file(const fs::path& file_path, const ModelSourceOptions& sources,
+                                              const ExecutionOptions& execution) {
+  const std::string path = file_path.string();
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  const LdmCheckpointInfo info = inspect_ldm_checkpoint(file);
+  const fs::path config_root(sources.model_config);
+  if (!sources.model_config.empty() && !fs::is_directory(config_root))
+    throw Error(fmt::format("--model-config {}: no such folder", sources.model_config));
+  if (info.text_encoder == LdmTextEncoder::kOpenClip && sources.model_config.empty())
+    throw Error(fmt::format("{}: an SD 2.x checkpoint (OpenCLIP text encoder keys cond_stage_model.model.*); pass "
+                            "--model-config DIR with its diffusers configs (unet/, vae/, text_encoder/, tokenizer/)",
+                            path));
+  std::string tokenizer_dir = sources.tokenizer;
+  if (tokenizer_dir.empty() && !sources.model_config.empty()) tokenizer_dir = (config_root / "tokenizer").string();
+  if (tokenizer_dir.empty())
+    throw Error(fmt::format("{}: a single-file checkpoint carries no tokenizer; pass --tokenizer DIR (a CLIP tokenizer "
+                            "folder with vocab.json and merges.txt, e.g. the tokenizer/ folder of any SD v1.5 "
+                            "diffusers download) or --model-config DIR",
+                            path));
+  auto config_of = [&](const std::string& component) -> std::optional<JsonConfig> {
+    if (sources.model_config.empty()) return std::nullopt;
+    return component_config(component_dir(config_root, component));
+  };
+  const auto unet_json = config_of("unet"), vae_json = config_of("vae"), text_json = config_of("text_encoder");
+  const std::string scheduler_json =
+      !sources.model_config.empty() && fs::exists(config_root / "scheduler" / "scheduler_config.json")
+          ? read_file((config_root / "scheduler" / "scheduler_config.json").string())
+          : sd15_scheduler_config_json();
+  auto bundle = std::make_shared<ModelBundle>(ModelBundle{
+      path, tokenizer_dir, ClipTokenizer::load(tokenizer_dir), nullptr, nullptr, nullptr,
+      JsonConfig::parse(scheduler_json, "scheduler config"), execution, path});
+  const UNetConfig unet_config = unet_json ? UNetConfig::from_json(*unet_json) : UNetConfig::sd15();
+  if (info.unet_in_channels != unet_config.in_channels)
+    throw Error(fmt::format("{}: its UNet takes {} input channels (an inpainting or other special checkpoint) but "
+                            "the configuration says {}",
+                            path, info.unet_in_channels, unet_config.in_channels));
+  if (info.has_ema) spdlog::info("{}: the file also holds EMA weights (model_ema.*); using the non-EMA weights", path);
+  at::NoGradGuard no_grad;
+  bundle->unet = UNet2DConditionModel(unet_config);
+  load_ldm_unet(*bundle->unet, file);
+  bundle->vae = AutoencoderKL(vae_json ? VaeConfig::from_json(*vae_json) : VaeConfig());
+  load_ldm_vae(*bundle->vae, file);
+  bundle->text_encoder = ClipTextModel(text_json ? ClipTextConfig::from_json(*text_json) : ClipTextConfig::sd15());
+  load_ldm_text_encoder(*bundle->text_encoder, file, info.text_encoder);
+  return bundle;
+}
+
+}  // namespace
+
+std::shared_ptr<ModelBundle> load_model_bundle(const std::string& path, const ExecutionOptions& execution,
+                                               const ModelSourceOptions& sources) {
+  const fs::path root(path);
+  if (!fs::exists(root)) throw Error(fmt::format("{}: no such model folder or file", path));
+  std::shared_ptr<ModelBundle> bundle;
+  if (fs::is_directory(root)) {
+    bundle = load_folder(root, execution);
+  } else if (root.extension() == ".safetensors") {
+    bundle = load_single_file(root, sources, execution);
+  } else {
+    throw Error(fmt::format("{}: give a diffusers folder or a single-file .safetensors checkpoint", path));
+  }
+  check_components_fit(*bundle);
+  place(*bundle, execution);
+  spdlog::debug("loaded {} ({} on {})", path, dtype_name(execution.dtype), execution.device.str());
+  return bundle;
+}
+
+std::string diffusers_model_index_json() {
+  const nlohmann::json j = {{"_class_name", "StableDiffusionPipeline"},
+                            {"_diffusers_version", "0.25.1"},
+                            {"requires_safety_checker", false},
+                            {"feature_extractor", {nullptr, nullptr}},
+                            {"safety_checker", {nullptr, nullptr}},
+                            {"scheduler", {"diffusers", "PNDMScheduler"}},
+                            {"text_encoder", {"transformers", "CLIPTextModel"}},
+                            {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                            {"unet", {"diffusers", "UNet2DConditionModel"}},
+                            {"vae", {"diffusers", "AutoencoderKL"}}};
+  return j.dump(2);
+}
+
+std::string sd15_scheduler_config_json() {
+  const nlohmann::json j = {{"_class_name", "PNDMScheduler"}, {"_diffusers_version", "0.25.1"},
+                            {"beta_start", 0.00085},         {"beta_end", 0.012},
+                            {"beta_schedule", "scaled_linear"}, {"num_train_timesteps", 1000},
+                            {"prediction_type", "epsilon"},  {"set_alpha_to_one", false},
+                            {"skip_prk_steps", true},        {"steps_offset", 1},
+                            {"clip_sample", false},          {"timestep_spacing", "leading"},
+                            {"trained_betas", nullptr}};
+  return j.dump(2);
+}
+
+void save_model_folder(const ModelBundle& bundle, const std::string& directory, at::ScalarType dtype) {
+  fs::path target = fs::path(directory).lexically_normal();
+  if (!target.has_filename()) target = target.parent_path();
+  if (fs::exists(target)) throw Error(fmt::format("{}: already exists", directory));
+  std::random_device random;
+  const fs::path staging = fs::path(target.string() + fmt::format(".tmp-{:08x}", random()));
+  try {
+    fs::create_directories(staging / "tokenizer");
+    for (const auto& entry : fs::directory_iterator(bundle.tokenizer_path))
+      if (entry.is_regular_file()) fs::copy_file(entry.path(), staging / "tokenizer" / entry.path().filename());
+    auto save = [&](const std::string& name, const std::string& config, const torch::nn::Module& module,
+                    const std::string& weights) {
+      fs::create_directories(staging / name);
+      write_file_atomic((staging / name / "config.json").string(), config);
+      NamedTensors tensors;
+      for (const auto& [key, tensor] : state_dict(module)) tensors.emplace_back(key, tensor.to(dtype));
+      save_safetensors((staging / name / weights).string(), tensors, {{"format", "pt"}});
+    };
+    save("text_encoder", bundle.text_encoder->config().to_json(), *bundle.text_encoder, "model.safetensors");
+    save("unet", bundle.unet->config().to_json(), *bundle.unet, "diffusion_pytorch_model.safetensors");
+    save("vae", bundle.vae->config().to_json(), *bundle.vae, "diffusion_pytorch_model.safetensors");
+    fs::create_directories(staging / "scheduler");
+    write_file_atomic((staging / "scheduler" / "scheduler_config.json").string(), bundle.scheduler_config.json().dump(2));
+    write_file_atomic((staging / "model_index.json").string(), diffusers_model_index_json());
+    fs::rename(staging, target);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw;
+  }
 }
 
 }  // namespace singleinsert

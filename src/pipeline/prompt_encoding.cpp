@@ -17,9 +17,19 @@ at::Tensor tokenize_prompts(const ClipTokenizer& tokenizer, const std::vector<st
   return at::tensor(ids, at::kLong).view({static_cast<int64_t>(prompts.size()), tokenizer.max_length()});
 }
 
+std::string expand_prompt(const std::string& prompt, const std::map<std::string, std::string>& expansions) {
+  std::string out = prompt;
+  for (const auto& [token, expansion] : expansions)
+    for (size_t at = out.find(token); at != std::string::npos; at = out.find(token, at + expansion.size()))
+      out.replace(at, token.size(), expansion);
+  return out;
+}
+
 at::Tensor encode_prompts(ModelBundle& bundle, const std::vector<std::string>& prompts) {
   at::NoGradGuard no_grad;
-  const at::Tensor ids = tokenize_prompts(bundle.tokenizer, prompts).to(bundle.execution.device);
+  std::vector<std::string> expanded;
+  for (const auto& prompt : prompts) expanded.push_back(expand_prompt(prompt, bundle.prompt_expansions));
+  const at::Tensor ids = tokenize_prompts(bundle.tokenizer, expanded).to(bundle.execution.device);
   return bundle.text_encoder->forward(ids).last_hidden_state;  // [N, 77, D]
 }
 

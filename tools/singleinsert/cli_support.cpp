@@ -8,6 +8,10 @@
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
+#include "singleinsert/core/json_config.h"
+#include "singleinsert/models/vae.h"
+
+#include <optional>
 
 namespace fs = std::filesystem;
 
@@ -55,6 +59,31 @@ OutputDirectory::OutputDirectory(const std::string& dir, bool overwrite) : dir_(
 OutputDirectory::~OutputDirectory() {
   std::error_code error;
   if (created_ && !committed_ && fs::is_empty(dir_, error)) fs::remove(dir_, error);
+}
+
+void add_model_flags(CLI::App* command, ModelFlags& flags) {
+  command->add_option("--model", flags.model, "Diffusers folder, or a single-file .safetensors checkpoint")->required();
+  command->add_option("--model-config", flags.sources.model_config,
+                      "For a single file: a diffusers-style folder with its configs and tokenizer/ (default: SD v1.5's)");
+  command->add_option("--tokenizer", flags.sources.tokenizer, "For a single file: a CLIP tokenizer folder");
+}
+
+namespace {
+std::optional<JsonConfig> config_file(const ModelFlags& flags, const std::string& component) {
+  fs::path root = fs::is_directory(flags.model) ? fs::path(flags.model) : fs::path(flags.sources.model_config);
+  if (root.empty() || !fs::exists(root / component / "config.json")) return std::nullopt;
+  return JsonConfig::load((root / component / "config.json").string());
+}
+}  // namespace
+
+int64_t vae_factor(const ModelFlags& flags) {
+  const auto vae = config_file(flags, "vae");
+  return vae ? VaeConfig::from_json(*vae).downsampling_factor() : VaeConfig().downsampling_factor();
+}
+
+int native_image_size(const ModelFlags& flags) {
+  const auto unet = config_file(flags, "unet");
+  return (unet ? unet->get_int("sample_size", 64) : 64) * static_cast<int>(vae_factor(flags));
 }
 
 std::string format_duration(double seconds) {

@@ -3,7 +3,10 @@
 #include <chrono>
 #include <string>
 
+#include <CLI/CLI.hpp>
+
 #include "singleinsert/core/progress.h"
+#include "singleinsert/pipeline/model_bundle.h"
 
 namespace singleinsert::cli {
 
@@ -41,5 +44,15 @@ class OutputDirectory {
 };
 
 std::string format_duration(double seconds);
+
+// --model, and for single-file checkpoints --model-config and --tokenizer.
+struct ModelFlags {
+  std::string model;
+  ModelSourceOptions sources;
+};
+void add_model_flags(CLI::App* command, ModelFlags& flags);
+// The model's native image size (UNet sample_size x VAE factor; 512 for SD v1.5).
+int native_image_size(const ModelFlags& flags);
+int64_t vae_factor(const ModelFlags& flags);
 
 }  // namespace singleinsert::cli

@@ -1,4 +1,5 @@
-// singleinsert generate: text to images with any sampler, seeded like diffusers.
+// singleinsert generate: text to images with any sampler, seeded like diffusers, with concepts,
+// LoRAs and embeddings.
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -9,11 +10,9 @@
 #include "commands.h"
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
-#include "singleinsert/core/json_config.h"
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/io/generation_metadata.h"
 #include "singleinsert/io/png.h"
-#include "singleinsert/models/vae.h"
 #include "singleinsert/pipeline/concepts.h"
 #include "singleinsert/pipeline/model_bundle.h"
 #include "singleinsert/pipeline/text_to_image.h"
@@ -25,36 +24,24 @@ namespace singleinsert::cli {
 namespace {
 
 struct GenerateArgs {
-  std::string model;
+  ModelFlags model;
   GenerateOptions options;
   std::string out;
   std::string device = "auto";
   std::string dtype = "fp32";
   std::string initial_latents;
-  std::vector<std::string> concepts;
+  std::vector<std::string> concepts, loras, embeddings;
   bool overwrite = false;
 };
-
-// The model's native size (sample_size x VAE factor, 512 for SD v1.5) when none is given.
-std::pair<int, int> native_size(const std::string& model) {
-  const JsonConfig unet = JsonConfig::load((fs::path(model) / "unet" / "config.json").string());
-  const VaeConfig vae = VaeConfig::from_json(JsonConfig::load((fs::path(model) / "vae" / "config.json").string()));
-  const int size = unet.get_int("sample_size", 64) * static_cast<int>(vae.downsampling_factor());
-  return {size, size};
-}
 
 void run_generate(GenerateArgs& args) {
   GenerateOptions& options = args.options;
   const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   // Everything that can be checked cheaply is checked before the model loads or a file is written.
-  if (!fs::exists(args.model)) throw Error(fmt::format("{}: no such model folder", args.model));
-  if (fs::is_directory(args.model) && fs::exists(fs::path(args.model) / "vae" / "config.json")) {
-    const auto [width, height] = native_size(args.model);
-    if (options.width == 0) options.width = width;
-    if (options.height == 0) options.height = height;
-    const VaeConfig vae = VaeConfig::from_json(JsonConfig::load((fs::path(args.model) / "vae" / "config.json").string()));
-    validate_generate_options(options, vae.downsampling_factor());
-  }
+  if (!fs::exists(args.model.model)) throw Error(fmt::format("{}: no such model folder or file", args.model.model));
+  if (options.width == 0) options.width = native_image_size(args.model);
+  if (options.height == 0) options.height = native_image_size(args.model);
+  validate_generate_options(options, vae_factor(args.model));
   if (!args.initial_latents.empty()) {
     const SafetensorsFile file = SafetensorsFile::open(args.initial_latents);
     if (file.size() != 1) throw Error(fmt::format("{}: expected exactly one tensor of latents", args.initial_latents));
@@ -62,15 +49,23 @@ void run_generate(GenerateArgs& args) {
   }
   OutputDirectory out(args.out, args.overwrite);
 
-  auto bundle = load_model_bundle(args.model, execution);
-  std::vector<ConceptRequest> requests;
-  for (const auto& text : args.concepts) requests.push_back(parse_concept_request(text));
-  const AppliedConcepts concepts = apply_concepts(*bundle, requests);
+  auto bundle = load_model_bundle(args.model.model, execution, args.model.sources);
+  std::vector<ConceptRequest> concept_requests;
+  for (const auto& text : args.concepts) concept_requests.push_back(parse_concept_request(text));
+  std::vector<LoraRequest> lora_requests;
+  for (const auto& text : args.loras) lora_requests.push_back(parse_lora_request(text));
+  std::vector<EmbeddingRequest> embedding_requests;
+  for (const auto& text : args.embeddings) embedding_requests.push_back(parse_embedding_request(text));
+  const AppliedConcepts concepts = apply_concepts(*bundle, concept_requests);
+  const auto loras = apply_loras(*bundle, lora_requests);
+  const auto embedding_triggers = apply_embeddings(*bundle, embedding_requests);
   require_triggers(options.prompts, concepts.triggers);
+
   ProgressLine progress;
   const GeneratedImages result = generate(*bundle, options, std::ref(progress));
   progress.finish();
 
+  const std::string model_hash = bundle->unet_weights_path.empty() ? "" : base_model_sha256(*bundle).substr(0, 10);
   nlohmann::json images = nlohmann::json::array();
   const int64_t count = result.pixels.size(0);
   for (int64_t i = 0; i < count; ++i) {
@@ -85,10 +80,13 @@ void run_generate(GenerateArgs& args) {
     record.height = options.height;
     record.batch_size = static_cast<int>(count);
     record.batch_position = static_cast<int>(i);
-    record.model = args.model;
+    record.model = args.model.model;
+    record.model_hash = model_hash;
     record.device = execution.device.str();
     record.dtype = dtype_name(execution.dtype);
     record.concepts = args.concepts;
+    record.loras = args.loras;
+    record.embeddings = args.embeddings;
     const std::string name = fmt::format("{:04}.png", i);
     const std::string path = (fs::path(args.out) / name).string();
     write_png(path, result.pixels[i], {{"parameters", a1111_parameters(record)},
@@ -98,7 +96,8 @@ void run_generate(GenerateArgs& args) {
     std::printf("%s\n", path.c_str());
   }
   const nlohmann::json run = {{"command", "generate"},
-                              {"model", args.model},
+                              {"model", args.model.model},
+                              {"model_hash", model_hash},
                               {"sampler", options.sampler},
                               {"steps", options.steps},
                               {"guidance_scale", options.guidance_scale},
@@ -110,6 +109,8 @@ void run_generate(GenerateArgs& args) {
                               {"dtype", dtype_name(execution.dtype)},
                               {"initial_latents", args.initial_latents},
                               {"concepts", concepts.descriptions},
+                              {"loras", args.loras},
+                              {"embeddings", embedding_triggers},
                               {"seconds", result.seconds},
                               {"images", images}};
   write_file_atomic((fs::path(args.out) / "run.json").string(), run.dump(2) + "\n");
@@ -121,8 +122,8 @@ void run_generate(GenerateArgs& args) {
 
 void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
-  CLI::App* command = app.add_subcommand("generate", "Render images from text prompts (optionally with concepts)");
-  command->add_option("--model", args->model, "Diffusers model folder")->required();
+  CLI::App* command = app.add_subcommand("generate", "Render images from text prompts (with concepts, LoRAs, embeddings)");
+  add_model_flags(command, args->model);
   command->add_option("--prompt", args->options.prompts, "Prompt (repeat for several)")->required();
   command->add_option("--negative-prompt", args->options.negative_prompts,
                       "Negative prompt: once for all prompts, or once per prompt");
@@ -145,6 +146,9 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--dtype", args->dtype, "fp32|fp16|bf16")->capture_default_str();
   command->add_option("--concept", args->concepts,
                       "A concept folder from invert/finetune, optionally DIR:TRIGGER (repeat to compose)");
+  command->add_option("--lora", args->loras, "A LoRA file (kohya, diffusers/PEFT), optionally FILE:SCALE (repeatable)");
+  command->add_option("--embedding", args->embeddings,
+                      "A textual-inversion embedding (diffusers or AUTOMATIC1111), optionally FILE:TRIGGER");
   command->add_option("--initial-latents", args->initial_latents,
                       "Start from the latents in this safetensors file instead of seeded noise");
   command->callback([args] { run_generate(*args); });

@@ -38,6 +38,9 @@ int main(int argc, char** argv) {
   singleinsert::cli::add_generate_command(app);
   singleinsert::cli::add_tokenize_command(app);
   singleinsert::cli::add_create_default_model_command(app);
+  singleinsert::cli::add_export_command(app);
+  singleinsert::cli::add_convert_command(app);
+  singleinsert::cli::add_info_command(app);
   singleinsert::cli::add_world_command(app);
 
   try {

@@ -34,7 +34,8 @@ namespace {
 
 // Flags shared by both stages. A flag that was given overrides the preset.
 struct TrainArgs {
-  std::string model, out, preset = "paper";
+  ModelFlags model;
+  std::string out, preset = "paper";
   std::string device = "auto";
   std::string log_json;
   bool overwrite = false, resume = false, preview = false;
@@ -57,7 +58,7 @@ struct FinetuneArgs : TrainArgs {
 
 void add_common_flags(CLI::App* command, TrainArgs& args, int stage) {
   args.command = command;
-  command->add_option("--model", args.model, "Diffusers model folder (the base model)")->required();
+  add_model_flags(command, args.model);
   command->add_option("--out", args.out, "Concept folder to create")->required();
   command->add_option("--preset", args.preset, "Training preset: paper, authors-code, or a JSON file")
       ->capture_default_str();
@@ -339,7 +340,7 @@ void run_invert(InvertArgs& args) {
     if (saved_run.at("image_sha256") != r.run.image_sha256 || saved_run.at("mask_sha256") != r.run.mask_sha256)
       throw Error("the image or mask changed since the interrupted run (their sha256 differ); start over with --overwrite");
   }
-  r.bundle = load_model_bundle(args.model, execution);
+  r.bundle = load_model_bundle(args.model.model, execution, args.model.sources);
   if (r.bundle->tokenizer.is_vocabulary_token(args.trigger) || r.bundle->tokenizer.is_vocabulary_token(args.trigger + "</w>"))
     spdlog::warn("the trigger '{}' is also a word of the model's vocabulary; in prompts with this concept it will "
                  "mean the concept (choose another with --trigger if that is a problem)",
@@ -365,7 +366,7 @@ void run_invert(InvertArgs& args) {
     options.tolerated_extra_keys = {"embeddings.position_ids"};
     load_state_dict(*r.encoder->vision_model, SafetensorsFile::open(args.encoder_weights), options);
   }
-  r.run.model = args.model;
+  r.run.model = args.model.model;
   r.run.trigger = args.trigger;
   r.run.class_word = args.class_word;
   r.run.source_image = fs::absolute(args.image).string();
@@ -405,18 +406,18 @@ void run_finetune(FinetuneArgs& args) {
     apply_overrides(args, 2, r.config);
   }
   SourceImages images{load_picture(parent.source_image_file(), "image"), load_picture(parent.mask_file(), "mask")};
-  r.bundle = load_model_bundle(args.model, execution);
+  r.bundle = load_model_bundle(args.model.model, execution, args.model.sources);
   const std::string model_hash = base_model_sha256(*r.bundle);
   if (!parent.base_model_sha256.empty() && parent.base_model_sha256 != model_hash)
     throw Error(fmt::format("{}: trained on another base model (its UNet sha256 {} differs from {}'s {})", args.concept,
-                            parent.base_model_sha256.substr(0, 12), args.model, model_hash.substr(0, 12)));
+                            parent.base_model_sha256.substr(0, 12), args.model.model, model_hash.substr(0, 12)));
   const int64_t factor = r.bundle->vae_scale_factor();
   r.source = prepare_source(images, r.config.resolution, r.config.resolution / static_cast<int>(factor),
                             static_cast<int>(r.config.encoder.image_size), r.config.encoder_normalization, CropMode::kCenter);
   r.encoder = make_encoder(r.config, r.bundle->text_encoder->config().encoder.hidden_size);
   load_state_dict(*r.encoder, SafetensorsFile::open(parent.encoder_file()));
   r.earlier_history = parse_history(previous_history(parent.json));
-  r.run.model = args.model;
+  r.run.model = args.model.model;
   r.run.trigger = parent.trigger;
   r.run.class_word = parent.class_word;
   r.run.parent_concept = fs::absolute(args.concept).string();

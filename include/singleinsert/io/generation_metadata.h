@@ -18,8 +18,9 @@ struct GenerationRecord {
   int batch_size = 1;      // images drawn together from one seed
   int batch_position = 0;  // this image's index in that draw
   std::string model;       // model folder or file
+  std::string model_hash;  // first 10 hex digits of the UNet weights' sha256
   std::string device, dtype;
-  std::vector<std::string> concepts, loras;
+  std::vector<std::string> concepts, loras, embeddings;
 };
 
 // "prompt\nNegative prompt: ...\nSteps: 50, Sampler: DDIM, CFG scale: 7.5, Seed: 0, Size: 512x512, ..."

@@ -27,6 +27,7 @@ struct ClipTextConfig {
   static ClipTextConfig from_json(const JsonConfig& json);
   std::string to_json() const;  // transformers' config.json
   static ClipTextConfig tiny();  // the golden clip_text_tiny architecture
+  static ClipTextConfig sd15();  // CLIP ViT-L/14's text tower, as SD v1.x uses it
   void validate() const;
   bool operator==(const ClipTextConfig&) const;
 };

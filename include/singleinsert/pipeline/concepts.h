@@ -35,6 +35,31 @@ AppliedConcepts apply_concepts(ModelBundle& bundle, const std::vector<ConceptReq
 // Every prompt must use at least one of the triggers (otherwise the concept has no effect).
 void require_triggers(const std::vector<std::string>& prompts, const std::vector<std::string>& triggers);
 
+// Adds `token` (and token_1 ... token_{n-1} for n vectors) with these input embeddings; prompts
+// then use the token, which expands to all of them. Errors if the width differs from the text
+// encoder's; warns if the token shadows a word of the vocabulary.
+void insert_embedding(ModelBundle& bundle, const std::string& token, const at::Tensor& vectors, const std::string& origin,
+                      bool warn_on_collision = true);
+
+struct LoraRequest {
+  std::string path;
+  double scale = 1.0;
+};
+struct EmbeddingRequest {
+  std::string path;
+  std::string trigger;  // empty: the token in the file, or the file's name (A1111)
+};
+LoraRequest parse_lora_request(const std::string& text);            // "FILE[:SCALE]"
+EmbeddingRequest parse_embedding_request(const std::string& text);  // "FILE[:TRIGGER]"
+
+// LoRA files in any supported layout (kohya, diffusers/PEFT, diffusers' processor layout).
+std::vector<std::shared_ptr<LoraNetwork>> apply_loras(ModelBundle& bundle, const std::vector<LoraRequest>& requests);
+// Returns the triggers added.
+std::vector<std::string> apply_embeddings(ModelBundle& bundle, const std::vector<EmbeddingRequest>& requests);
+
+// Every adaptable module of the bundle (UNet and text encoder) by canonical path.
+std::map<std::string, AdaptableLayer*> adaptable_modules(ModelBundle& bundle);
+
 // The base model's identity recorded in concepts: sha256 of the UNet weights (cached).
 std::string base_model_sha256(const ModelBundle& bundle);
 

@@ -1,6 +1,9 @@
 #pragma once
 // A Stable Diffusion model as diffusers lays it out on disk (model_index.json, tokenizer/,
 // text_encoder/, unet/, vae/, scheduler/), loaded strictly into the library's modules.
+#include <c10/core/ScalarType.h>
+
+#include <map>
 #include <memory>
 #include <string>
 
@@ -14,7 +17,8 @@
 namespace singleinsert {
 
 struct ModelBundle {
-  std::string path;  // the folder it came from
+  std::string path;  // the folder or file it came from
+  std::string tokenizer_path;  // the tokenizer folder used
   ClipTokenizer tokenizer;
   ClipTextModel text_encoder{nullptr};
   UNet2DConditionModel unet{nullptr};
@@ -22,12 +26,32 @@ struct ModelBundle {
   JsonConfig scheduler_config;
   ExecutionOptions execution;
   std::string unet_weights_path;  // hashed on demand to identify the base model
+  // Multi-vector embeddings: a trigger in a prompt stands for several tokens ("t" -> "t t_1 t_2").
+  std::map<std::string, std::string> prompt_expansions;
 
   // Pixels per latent along each side.
   int64_t vae_scale_factor() const { return vae->config().downsampling_factor(); }
 };
 
-// Loads a diffusers folder. Throws Error naming the folder and the missing or broken part.
-std::shared_ptr<ModelBundle> load_model_bundle(const std::string& folder, const ExecutionOptions& execution = {});
+// Where the parts a single-file checkpoint lacks come from.
+struct ModelSourceOptions {
+  std::string model_config;  // a diffusers-style folder with unet/, vae/, text_encoder/ configs and tokenizer/
+  std::string tokenizer;     // a CLIP tokenizer folder (vocab.json, merges.txt)
+};
+
+// Loads a diffusers folder, or a single-file LDM checkpoint (.safetensors) with the architecture
+// of `sources.model_config` or the built-in SD v1.5 one. Throws Error naming the file or folder
+// and the missing or broken part.
+std::shared_ptr<ModelBundle> load_model_bundle(const std::string& path, const ExecutionOptions& execution = {},
+                                               const ModelSourceOptions& sources = {});
+
+// model_index.json of a StableDiffusionPipeline folder.
+std::string diffusers_model_index_json();
+
+// SD v1.5's scheduler_config.json (PNDM with PLMS steps), as diffusers 0.25 writes it.
+std::string sd15_scheduler_config_json();
+
+// Writes a bundle as a diffusers folder (configs, tokenizer files, weights in `dtype`), atomically.
+void save_model_folder(const ModelBundle& bundle, const std::string& directory, at::ScalarType dtype);
 
 }  // namespace singleinsert
