@@ -13,6 +13,13 @@ add_library(singleinsert_torch INTERFACE)
 target_link_libraries(singleinsert_torch INTERFACE "${TORCH_LIBRARIES}")
 target_include_directories(singleinsert_torch SYSTEM INTERFACE ${_torch_includes} ${TORCH_INCLUDE_DIRS})
 
+# A CUDA build of LibTorch (e.g. the one inside PyTorch 2.x) enables the GPU-only code paths.
+if(TORCH_CUDA_LIBRARIES OR TARGET torch_cuda)
+  set(SINGLEINSERT_CUDA ON)
+  target_compile_definitions(singleinsert_torch INTERFACE SINGLEINSERT_WITH_CUDA=1)
+  message(STATUS "singleinsert: building with CUDA support")
+endif()
+
 if(SINGLEINSERT_WITH_OPENCV)
   find_package(OpenCV REQUIRED COMPONENTS core imgproc imgcodecs)
   find_package(CLI11 REQUIRED)

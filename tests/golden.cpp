@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <map>
 
 #include <gtest/gtest.h>
@@ -23,6 +24,15 @@ std::string golden_path(const std::string& relative) {
 }
 
 SafetensorsFile golden_file(const std::string& relative) { return SafetensorsFile::open(golden_path(relative)); }
+
+c10::Device test_device() {
+  const char* name = std::getenv("SINGLEINSERT_TEST_DEVICE");
+  return name && std::string(name) == "cuda" ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+}
+
+double device_tolerance(double cpu_tolerance) {
+  return test_device().is_cuda() ? std::max(cpu_tolerance, 1e-4) : cpu_tolerance;
+}
 
 double max_abs_error(const at::Tensor& actual, const at::Tensor& expected) {
   return (actual.to(at::kDouble).cpu() - expected.to(at::kDouble).cpu()).abs().max().item<double>();

@@ -2,6 +2,7 @@
 // Access to the reference data in ../shared/golden (made by diffusers 0.25.1 and transformers
 // 4.36) and the error measures the parity tests use.
 #include <ATen/core/Tensor.h>
+#include <c10/core/Device.h>
 
 #include <string>
 
@@ -18,6 +19,11 @@ SafetensorsFile golden_file(const std::string& relative);
 // values near zero do not dominate.
 double max_relative_error(const at::Tensor& actual, const at::Tensor& expected);
 double max_abs_error(const at::Tensor& actual, const at::Tensor& expected);
+
+// The device parity tests run on: SINGLEINSERT_TEST_DEVICE=cuda runs them on the GPU (float32,
+// TF32 off), where the allowed error is 1e-4 relative instead of the CPU's tighter bounds.
+c10::Device test_device();
+double device_tolerance(double cpu_tolerance);
 
 // Keeps the largest error measured for each (test, comparison); print_error_summary() lists
 // them at the end of the run so the log records every measured figure.

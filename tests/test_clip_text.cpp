@@ -17,7 +17,7 @@ namespace singleinsert {
 namespace {
 
 // float32 vs the float32 reference: differences are summation-order rounding (~1e-7 of scale).
-constexpr double kFp32Tolerance = 1e-5;
+const double kFp32Tolerance = testing::device_tolerance(1e-5);
 // float64 vs the float64 reference: the same math in double precision agrees to ~1e-15.
 constexpr double kFp64Tolerance = 1e-12;
 
@@ -28,6 +28,7 @@ ClipTextModel load_tiny() {
   load_state_dict(*model, testing::golden_file("clip_text_tiny/model.safetensors"),
                   {{"text_model.embeddings.position_ids"}});
   model->eval();
+  model->to(testing::test_device());
   return model;
 }
 
@@ -35,14 +36,15 @@ TEST(ClipTextModel, MatchesTransformers) {
   ClipTextModel model = load_tiny();
   const SafetensorsFile io = testing::golden_file("clip_text_tiny/io.safetensors");
   at::NoGradGuard no_grad;
-  const ClipTextOutput out = model->forward(io.tensor("input_ids"), c10::nullopt, /*output_hidden_states=*/true);
+  const auto device = testing::test_device();
+  const ClipTextOutput out = model->forward(io.tensor("input_ids").to(device), c10::nullopt, /*output_hidden_states=*/true);
   EXPECT_TENSOR_NEAR_REL(out.last_hidden_state, io.tensor("last_hidden_state"), kFp32Tolerance);
   EXPECT_TENSOR_NEAR_REL(out.pooler_output, io.tensor("pooler_output"), kFp32Tolerance);
   ASSERT_EQ(out.hidden_states.size(), 3u);
   for (int i = 0; i < 3; ++i)
     EXPECT_TENSOR_NEAR_REL(out.hidden_states[i], io.tensor("hidden_states." + std::to_string(i)), kFp32Tolerance);
 
-  const ClipTextOutput masked = model->forward(io.tensor("input_ids"), io.tensor("attention_mask"));
+  const ClipTextOutput masked = model->forward(io.tensor("input_ids").to(device), io.tensor("attention_mask").to(device));
   EXPECT_TENSOR_NEAR_REL(masked.last_hidden_state, io.tensor("last_hidden_state_with_mask"), kFp32Tolerance);
   EXPECT_TENSOR_NEAR_REL(masked.pooler_output, io.tensor("pooler_output_with_mask"), kFp32Tolerance);
 }
@@ -52,14 +54,14 @@ TEST(ClipTextModel, MatchesTransformersInFloat64) {
   model->to(at::kDouble);
   const SafetensorsFile io = testing::golden_file("clip_text_tiny/io.safetensors");
   at::NoGradGuard no_grad;
-  const ClipTextOutput out = model->forward(io.tensor("input_ids"));
+  const ClipTextOutput out = model->forward(io.tensor("input_ids").to(testing::test_device()));
   EXPECT_TENSOR_NEAR_REL(out.last_hidden_state, io.tensor("last_hidden_state_f64"), kFp64Tolerance);
   EXPECT_TENSOR_NEAR_REL(out.pooler_output, io.tensor("pooler_output_f64"), kFp64Tolerance);
 }
 
 TEST(ClipTextModel, ReplacingAnEmbeddingChangesOnlyLaterPositions) {
   ClipTextModel model = load_tiny();
-  const at::Tensor ids = testing::golden_file("clip_text_tiny/io.safetensors").tensor("input_ids");
+  const at::Tensor ids = testing::golden_file("clip_text_tiny/io.safetensors").tensor("input_ids").to(testing::test_device());
   at::NoGradGuard no_grad;
   const at::Tensor base = model->forward(ids).last_hidden_state;
   at::Tensor embeds = model->token_embeddings(ids);

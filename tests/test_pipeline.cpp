@@ -16,11 +16,13 @@
 namespace singleinsert {
 namespace {
 
-constexpr double kTolerance = 1e-5;  // relative, on every intermediate tensor
+const double kTolerance = testing::device_tolerance(1e-5);  // relative, on every intermediate tensor
 constexpr double kPixelTolerance = 1.0 / 255;
 
 std::shared_ptr<ModelBundle> tiny_bundle() {
-  static auto bundle = load_model_bundle(testing::golden_path("sd_tiny"));
+  ExecutionOptions execution;
+  execution.device = testing::test_device();
+  static auto bundle = load_model_bundle(testing::golden_path("sd_tiny"), execution);
   return bundle;
 }
 

@@ -178,5 +178,29 @@ TEST(Trainer, ResumingAfterAnInterruptReproducesTheUninterruptedRun) {
   EXPECT_EQ(resumed_again->history().back().loss, expected_loss);
 }
 
+TEST(Trainer, Bf16AutocastKeepsTrainedWeightsAndMomentsInFloat32) {
+  TinyRun run;
+  auto fp32 = run.trainer();
+  fp32->run_stage(1, {});
+  const double fp32_first_loss = fp32->history().front().loss;
+  fp32.reset();
+
+  ExecutionOptions execution;
+  execution.dtype = at::kBFloat16;
+  run.bundle = load_model_bundle(testing::golden_path("sd_tiny"), execution);
+  run.bundle->tokenizer.add_token("*");
+  run.bundle->text_encoder->resize_token_embeddings(run.bundle->tokenizer.vocab_size());
+  EXPECT_EQ(run.bundle->unet->conv_in->weight.scalar_type(), at::kBFloat16);
+  auto bf16 = run.trainer();
+  bf16->run_stage(1, {});
+  bf16->run_stage(2, {});
+  for (const auto& [name, tensor] : bf16->encoder_state()) ASSERT_EQ(tensor.scalar_type(), at::kFloat) << name;
+  for (const auto& [path, w] : bf16->lora_weights()) ASSERT_EQ(w.up.scalar_type(), at::kFloat) << path;
+  // The same step in bf16 gives nearly the same loss (same draws; bf16 has 8 bits of mantissa).
+  EXPECT_NEAR(bf16->history().front().loss, fp32_first_loss, 0.05 * fp32_first_loss);
+  ::testing::Test::RecordProperty("bf16_first_loss_relative_error",
+                                  std::to_string(std::abs(bf16->history().front().loss / fp32_first_loss - 1)));
+}
+
 }  // namespace
 }  // namespace singleinsert

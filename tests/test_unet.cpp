@@ -16,13 +16,14 @@
 namespace singleinsert {
 namespace {
 
-constexpr double kFp32Tolerance = 1e-5;   // relative to each tensor's scale
+const double kFp32Tolerance = testing::device_tolerance(1e-5);  // relative to each tensor's scale
 constexpr double kFp64Tolerance = 1e-12;
 
 UNet2DConditionModel load_tiny_unet() {
   UNet2DConditionModel unet(UNetConfig::from_json(JsonConfig::load(testing::golden_path("sd_tiny/unet/config.json"))));
   load_state_dict(*unet, testing::golden_file("sd_tiny/unet/diffusion_pytorch_model.safetensors"));
   unet->eval();
+  unet->to(testing::test_device());
   return unet;
 }
 
@@ -30,14 +31,15 @@ TEST(UNet, MatchesDiffusers) {
   UNet2DConditionModel unet = load_tiny_unet();
   const SafetensorsFile io = testing::golden_file("unet_io.safetensors");
   at::NoGradGuard no_grad;
-  const at::Tensor sample = io.tensor("sample"), context = io.tensor("encoder_hidden_states");
+  const auto device = testing::test_device();
+  const at::Tensor sample = io.tensor("sample").to(device), context = io.tensor("encoder_hidden_states").to(device);
   ActivationTrace trace;
   EXPECT_TENSOR_NEAR_REL(unet->forward(sample, io.tensor("timestep_scalar"), context, &trace),
                          io.tensor("out_scalar_t"), kFp32Tolerance);
   EXPECT_TENSOR_NEAR_REL(unet->forward(sample, io.tensor("timesteps_batch"), context), io.tensor("out_batch_t"),
                          kFp32Tolerance);
-  EXPECT_TENSOR_NEAR_REL(unet->forward(io.tensor("sample_nonsquare"), io.tensor("timestep_scalar"),
-                                       io.tensor("encoder_hidden_states_nonsquare")),
+  EXPECT_TENSOR_NEAR_REL(unet->forward(io.tensor("sample_nonsquare").to(device), io.tensor("timestep_scalar"),
+                                       io.tensor("encoder_hidden_states_nonsquare").to(device)),
                          io.tensor("out_nonsquare"), kFp32Tolerance);
 
   int compared = 0;
@@ -73,8 +75,8 @@ TEST(UNet, MatchesDiffusersInFloat64) {
   unet->to(at::kDouble);
   const SafetensorsFile io = testing::golden_file("unet_io.safetensors");
   at::NoGradGuard no_grad;
-  const at::Tensor sample = io.tensor("sample").to(at::kDouble);
-  const at::Tensor context = io.tensor("encoder_hidden_states").to(at::kDouble);
+  const at::Tensor sample = io.tensor("sample").to(testing::test_device(), at::kDouble);
+  const at::Tensor context = io.tensor("encoder_hidden_states").to(testing::test_device(), at::kDouble);
   EXPECT_TENSOR_NEAR_REL(unet->forward(sample, io.tensor("timestep_scalar"), context), io.tensor("out_scalar_t_f64"),
                          kFp64Tolerance);
   EXPECT_TENSOR_NEAR_REL(unet->forward(sample, io.tensor("timesteps_batch"), context), io.tensor("out_batch_t_f64"),

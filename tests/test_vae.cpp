@@ -15,7 +15,7 @@
 namespace singleinsert {
 namespace {
 
-constexpr double kFp32Tolerance = 1e-5;
+const double kFp32Tolerance = testing::device_tolerance(1e-5);
 // diffusers' VAE attention casts its scores to float32 before the softmax (upcast_softmax)
 // even in a float64 run, so the float64 reference carries float32 rounding from that one op.
 constexpr double kFp64Tolerance = 1e-7;
@@ -24,6 +24,7 @@ AutoencoderKL load_tiny_vae() {
   AutoencoderKL vae(VaeConfig::from_json(JsonConfig::load(testing::golden_path("sd_tiny/vae/config.json"))));
   load_state_dict(*vae, testing::golden_file("sd_tiny/vae/diffusion_pytorch_model.safetensors"));
   vae->eval();
+  vae->to(testing::test_device());
   return vae;
 }
 
@@ -32,14 +33,16 @@ TEST(Vae, MatchesDiffusers) {
   const SafetensorsFile io = testing::golden_file("vae_io.safetensors");
   at::NoGradGuard no_grad;
   ActivationTrace trace;
-  const VaePosterior posterior = vae->encode(io.tensor("sample"), &trace);
+  const auto device = testing::test_device();
+  const VaePosterior posterior = vae->encode(io.tensor("sample").to(device), &trace);
   EXPECT_TENSOR_NEAR_REL(posterior.mean, io.tensor("posterior_mean"), kFp32Tolerance);
   EXPECT_TENSOR_NEAR_REL(posterior.logvar, io.tensor("posterior_logvar"), kFp32Tolerance);
   EXPECT_TENSOR_NEAR_REL(posterior.std, io.tensor("posterior_std"), kFp32Tolerance);
-  const at::Tensor latent = posterior.mean + posterior.std * io.tensor("noise");
+  const at::Tensor latent = posterior.mean + posterior.std * io.tensor("noise").to(device);
   EXPECT_TENSOR_NEAR_REL(latent, io.tensor("latent"), kFp32Tolerance);
-  EXPECT_TENSOR_NEAR_REL(vae->decode(io.tensor("latent"), &trace), io.tensor("decoded"), kFp32Tolerance);
-  EXPECT_TENSOR_NEAR_REL(vae->decode(io.tensor("latent_nonsquare")), io.tensor("decoded_nonsquare"), kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(vae->decode(io.tensor("latent").to(device), &trace), io.tensor("decoded"), kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(vae->decode(io.tensor("latent_nonsquare").to(device)), io.tensor("decoded_nonsquare"),
+                         kFp32Tolerance);
   int compared = 0;
   for (const auto& [name, value] : trace) {
     SCOPED_TRACE(name);
@@ -55,12 +58,13 @@ TEST(Vae, MatchesDiffusersInFloat64) {
   vae->to(at::kDouble);
   const SafetensorsFile io = testing::golden_file("vae_io.safetensors");
   at::NoGradGuard no_grad;
-  const VaePosterior posterior = vae->encode(io.tensor("sample").to(at::kDouble));
+  const auto device = testing::test_device();
+  const VaePosterior posterior = vae->encode(io.tensor("sample").to(device, at::kDouble));
   EXPECT_TENSOR_NEAR_REL(posterior.mean, io.tensor("posterior_mean_f64"), kFp64Tolerance);
   EXPECT_TENSOR_NEAR_REL(posterior.logvar, io.tensor("posterior_logvar_f64"), kFp64Tolerance);
   // The reference decoded its own float64 latent, which is not stored: compare the decoder at
   // the float32 latent's scale instead.
-  EXPECT_TENSOR_NEAR_REL(vae->decode(io.tensor("latent").to(at::kDouble)), io.tensor("decoded_f64"), 1e-5);
+  EXPECT_TENSOR_NEAR_REL(vae->decode(io.tensor("latent").to(device, at::kDouble)), io.tensor("decoded_f64"), 1e-5);
 }
 
 TEST(Vae, LegacyAttentionNamesLoad) {

@@ -1,6 +1,7 @@
 #include "singleinsert/core/torch_compat.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/autocast_mode.h>
 
 #include "singleinsert/core/flop_counter.h"
@@ -36,6 +37,25 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   return at::bmm(probs, v).view({batch, heads, query.size(2), value.size(3)});  // [B, H, Lq, D]
 }
 
+namespace {
+
+bool autocast_enabled(c10::DeviceType device_type) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return at::autocast::is_autocast_enabled(device_type);
+#else
+  return device_type == c10::DeviceType::CPU ? at::autocast::is_cpu_enabled() : at::autocast::is_enabled();
+#endif
+}
+
+at::ScalarType autocast_dtype(c10::DeviceType device_type) {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+  return at::autocast::get_autocast_dtype(device_type);
+#else
+  return device_type == c10::DeviceType::CPU ? at::autocast::get_autocast_cpu_dtype()
+                                             : at::autocast::get_autocast_gpu_dtype();
+#endif
+}
+
 void set_autocast(c10::DeviceType device_type, bool enabled, at::ScalarType dtype) {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
   at::autocast::set_autocast_enabled(device_type, enabled);
@@ -49,6 +69,25 @@ void set_autocast(c10::DeviceType device_type, bool enabled, at::ScalarType dtyp
     at::autocast::set_autocast_gpu_dtype(dtype);
   }
 #endif
+}
+
+}  // namespace
+
+AutocastGuard::AutocastGuard(c10::DeviceType device_type, at::ScalarType dtype)
+    : device_type_(device_type), was_enabled_(autocast_enabled(device_type)), previous_dtype_(autocast_dtype(device_type)) {
+  set_autocast(device_type, true, dtype);
+  at::autocast::increment_nesting();
+}
+
+AutocastGuard::~AutocastGuard() {
+  // The cache of casted weights is only valid inside the outermost autocast region.
+  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  set_autocast(device_type_, was_enabled_, previous_dtype_);
+}
+
+void allow_tf32(bool allowed) {
+  at::globalContext().setAllowTF32CuBLAS(allowed);
+  at::globalContext().setAllowTF32CuDNN(allowed);
 }
 
 }  // namespace singleinsert::compat

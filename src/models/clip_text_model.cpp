@@ -3,6 +3,9 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <limits>
 
 #include "singleinsert/core/error.h"
@@ -47,8 +50,13 @@ ClipTextOutput ClipTextModelImpl::forward_embeds(const at::Tensor& inputs_embeds
   const at::Tensor h = inputs_embeds + text_model->embeddings->position_embedding->forward(positions);  // [B, L, D]
 
   // Causal mask with the dtype's lowest value above the diagonal, as transformers builds it.
-  const double lowest = inputs_embeds.scalar_type() == at::kDouble ? std::numeric_limits<double>::lowest()
-                                                                   : std::numeric_limits<float>::lowest();
+  double lowest = std::numeric_limits<float>::lowest();  // torch.finfo(dtype).min
+  switch (inputs_embeds.scalar_type()) {
+    case at::kDouble: lowest = std::numeric_limits<double>::lowest(); break;
+    case at::kHalf: lowest = static_cast<double>(std::numeric_limits<c10::Half>::lowest()); break;
+    case at::kBFloat16: lowest = static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest()); break;
+    default: break;
+  }
   at::Tensor mask = at::full({length, length}, lowest, options).triu(1).view({1, 1, length, length});
   if (attention_mask.has_value()) {
     // 0 where attended, the lowest value where padded (transformers' _prepare_4d_attention_mask).

@@ -40,6 +40,7 @@ BaseModel base_model(const ModelBundle& bundle) {
   base.vae = bundle.vae;
   base.schedule = NoiseScheduleConfig::from_json(bundle.scheduler_config);
   base.device = bundle.execution.device;
+  base.dtype = bundle.execution.dtype;
   return base;
 }
 

@@ -4,6 +4,9 @@
 #include <fmt/format.h>
 
 #include "singleinsert/core/error.h"
+#include "singleinsert/core/torch_compat.h"
+
+#include <cstdlib>
 
 namespace singleinsert {
 
@@ -39,6 +42,9 @@ ExecutionOptions make_execution_options(const std::string& device, const std::st
   options.dtype = parse_dtype(dtype);
   if (options.device.is_cpu() && options.dtype == c10::kHalf)
     throw Error("--dtype fp16 needs a CUDA device; on the CPU use bf16 (fast on CPUs with AVX512-BF16) or fp32");
+  // float32 matrix products on CUDA may use TF32 tensor cores unless SINGLEINSERT_TF32=0 (exact runs).
+  const char* tf32 = std::getenv("SINGLEINSERT_TF32");
+  if (options.device.is_cuda()) compat::allow_tf32(tf32 == nullptr || std::string(tf32) != "0");
   return options;
 }
 

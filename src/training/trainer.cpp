@@ -10,6 +10,9 @@
 #include "singleinsert/core/interrupt.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/state_dict.h"
+#include "singleinsert/core/torch_compat.h"
+
+#include <optional>
 
 namespace singleinsert {
 namespace {
@@ -125,12 +128,15 @@ void SingleInsertTrainer::run_stage(int stage, const TrainingCallbacks& callback
     inputs.timesteps = at::randint(0, schedule_.num_train_timesteps(), {batch}, generator, at::kLong).to(device);
     inputs.z0 = (posterior_mean_ + posterior_std_ * vae_noise) * scaling;
     inputs.mask = mask_;
-    inputs.star = encoder_->forward(cond_pixels_).image_embeds[0];  // one encoder pass, shared by the batch
+    inputs.star = encoder_->forward(cond_pixels_).image_embeds[0];  // one encoder pass, shared by the batch (fp32)
     inputs.star_ids = trigger_ids_;
     inputs.class_ids = class_ids_;
 
+    std::optional<compat::AutocastGuard> mixed_precision;
+    if (base_.dtype != at::kFloat) mixed_precision.emplace(device.type(), base_.dtype);
     const LossOutputs losses = singleinsert_losses(*base_.unet, *base_.text_encoder, schedule_, lora_.get(),
                                                    inputs, settings);
+    mixed_precision.reset();
     const double loss = losses.total.item<double>();
     if (!std::isfinite(loss))
       throw TrainingDiverged(fmt::format("the loss became {} at stage {} step {}", std::isnan(loss) ? "NaN" : "infinite",

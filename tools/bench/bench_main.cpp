@@ -12,6 +12,9 @@
 #include <fmt/format.h>
 #include <sys/resource.h>
 #include <torch/version.h>
+#ifdef SINGLEINSERT_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 #include <unistd.h>
 
 #include <algorithm>
@@ -29,6 +32,7 @@
 #include "singleinsert/core/logging.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/runtime.h"
+#include "singleinsert/core/torch_compat.h"
 #include "singleinsert/pipeline/default_model.h"
 #include "singleinsert/pipeline/model_bundle.h"
 #include "singleinsert/pipeline/prompt_encoding.h"
@@ -53,6 +57,7 @@ struct BenchOptions {
   int warmup = 1;
   int repeats = 5;
   bool json = false;
+  bool tf32 = true;
 };
 
 struct Scenario {
@@ -67,8 +72,23 @@ void synchronize(const c10::Device& device) {
   if (!device.is_cpu()) at::zeros({1}, at::TensorOptions().device(device)).cpu();
 }
 
-double peak_memory_mb(const c10::Device& device) {
+void reset_peak_memory(const c10::Device& device) {
+#ifdef SINGLEINSERT_WITH_CUDA
+  if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
+#else
   (void)device;
+#endif
+}
+
+double peak_memory_mb(const c10::Device& device) {
+#ifdef SINGLEINSERT_WITH_CUDA
+  if (device.is_cuda()) {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(device.index() < 0 ? 0 : device.index());
+    return static_cast<double>(stats.allocated_bytes[0].peak) / (1024.0 * 1024.0);  // aggregate over pools
+  }
+#else
+  (void)device;
+#endif
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
@@ -200,10 +220,11 @@ BenchOptions parse(int argc, char** argv) {
     else if (arg == "--warmup") o.warmup = std::stoi(value(i));
     else if (arg == "--repeats") o.repeats = std::stoi(value(i));
     else if (arg == "--json") o.json = true;
+    else if (arg == "--no-tf32") o.tf32 = false;
     else if (arg == "--help" || arg == "-h") {
       std::printf("usage: singleinsert-bench [--scenario NAME ...] [--arch sd15|default] [--model DIR]\n"
                   "  [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--resolution PX] [--batch N] [--steps N]\n"
-                  "  [--warmup N] [--repeats N] [--json]\nscenarios:");
+                  "  [--warmup N] [--repeats N] [--json] [--no-tf32]\nscenarios:");
       for (const auto& [name, scenario] : scenarios()) std::printf(" %s", name.c_str());
       for (const auto& [name, scenario] : training_scenarios()) std::printf(" %s", name.c_str());
       std::printf("\n");
@@ -220,6 +241,7 @@ int run(int argc, char** argv) {
   const RuntimeInfo runtime = configure_runtime();
   const BenchOptions options = parse(argc, argv);
   const ExecutionOptions execution = make_execution_options(options.device, options.dtype);
+  compat::allow_tf32(options.tf32);
   const auto all = scenarios();
   const auto training = training_scenarios();
   for (const auto& name : options.scenarios)
@@ -249,6 +271,7 @@ int run(int argc, char** argv) {
                 TORCH_VERSION);
 
   for (const auto& name : options.scenarios) {
+    reset_peak_memory(execution.device);
     if (training.count(name)) {
       const TrainingScenario& scenario = training.at(name);
       const int batch = options.batch > 0 ? options.batch : scenario.default_batch;

@@ -37,6 +37,7 @@ struct TrainArgs {
   ModelFlags model;
   std::string out, preset = "paper";
   std::string device = "auto";
+  std::string dtype = "fp32";
   std::string log_json;
   bool overwrite = false, resume = false, preview = false;
   // Overrides (applied only when given).
@@ -73,6 +74,10 @@ void add_common_flags(CLI::App* command, TrainArgs& args, int stage) {
   command->add_option("--log-json", args.log_json, "Append one JSON object per step to this file");
   command->add_flag("--preview", args.preview, "Render preview.png: the concept in a few prompts");
   command->add_option("--device", args.device, "auto|cpu|cuda")->capture_default_str();
+  command->add_option("--dtype", args.dtype,
+                      "fp32, or bf16: the frozen model in bf16 under autocast, trainable weights in fp32")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
 }
 
 void apply_overrides(const TrainArgs& args, int stage, TrainingConfig& config) {
@@ -305,7 +310,7 @@ ClipVisionModel make_encoder(const TrainingConfig& config, int64_t text_width) {
 
 void run_invert(InvertArgs& args) {
   install_interrupt_handler();
-  const ExecutionOptions execution = make_execution_options(args.device, "fp32");
+  const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   ConceptBuilder builder(args.out, args.overwrite, args.resume);
   std::optional<TrainingState> checkpoint;
   nlohmann::json saved_run;
@@ -377,7 +382,7 @@ void run_invert(InvertArgs& args) {
 
 void run_finetune(FinetuneArgs& args) {
   install_interrupt_handler();
-  const ExecutionOptions execution = make_execution_options(args.device, "fp32");
+  const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   const Concept parent = Concept::load(args.concept);
   if (parent.stage != 1)
     throw Error(fmt::format("{}: already finetuned (stage {}); finetune starts from a stage I concept made by invert",

@@ -21,7 +21,22 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
                                         const c10::optional<at::Tensor>& additive_mask = c10::nullopt,
                                         bool upcast_softmax = true);
 
-// Turns autocast on or off for one device type with the given dtype.
-void set_autocast(c10::DeviceType device_type, bool enabled, at::ScalarType dtype);
+// Mixed precision for a scope: matrix products and convolutions on `device_type` run in `dtype`
+// (bf16, or fp16 on CUDA), norms and reductions stay in float32. Restores the previous state.
+class AutocastGuard {
+ public:
+  AutocastGuard(c10::DeviceType device_type, at::ScalarType dtype);
+  ~AutocastGuard();
+  AutocastGuard(const AutocastGuard&) = delete;
+  AutocastGuard& operator=(const AutocastGuard&) = delete;
+
+ private:
+  c10::DeviceType device_type_;
+  bool was_enabled_;
+  at::ScalarType previous_dtype_;
+};
+
+// Lets float32 matrix products use TF32 tensor cores on CUDA (no effect elsewhere).
+void allow_tf32(bool allowed);
 
 }  // namespace singleinsert::compat

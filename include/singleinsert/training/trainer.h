@@ -65,6 +65,9 @@ struct BaseModel {
   AutoencoderKL vae{nullptr};
   NoiseScheduleConfig schedule;
   c10::Device device = c10::Device(c10::kCPU);
+  // The frozen weights' dtype; bf16/fp16 runs each forward pass under autocast while the
+  // trainable parameters and the optimizer state stay float32.
+  at::ScalarType dtype = at::kFloat;
 };
 
 // Raised when the loss stops being finite; nothing is updated with that step's gradients.
