@@ -31,9 +31,9 @@ else
   stage2=()
 fi
 
-"$bin" world --out "$out/subject" --seed 7 >/dev/null
-echo "1/4 subject: $out/subject/face_0000.png and its mask" >&2
-"$bin" invert --model "$model" --image "$out/subject/face_0000.png" --mask "$out/subject/face_0000_mask.png" \
+"$bin" world --out "$out/subject" --identity 7 --held-out --source >/dev/null
+echo "1/4 subject: $out/subject/sample_0000.png and its mask" >&2
+"$bin" invert --model "$model" --image "$out/subject/sample_0000.png" --mask "$out/subject/sample_0000_mask.png" \
   --class face --out "$out/concept-stage1" "${stage1[@]}" >/dev/null
 echo "2/4 stage I (invert): $out/concept-stage1" >&2
 "$bin" finetune --model "$model" --concept "$out/concept-stage1" --out "$out/concept" "${stage2[@]}" >/dev/null

@@ -1,0 +1,167 @@
+// The procedural world: deterministic renders, masks, captions, edits and the command.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "cli_runner.h"
+#include "singleinsert/core/error.h"
+#include "singleinsert/io/image_file.h"
+#include "singleinsert/models/clip_tokenizer.h"
+#include "singleinsert/pipeline/default_model.h"
+#include "singleinsert/world/render.h"
+
+namespace singleinsert {
+namespace {
+
+std::vector<std::string> words_of(const std::string& text) {
+  std::vector<std::string> words;
+  std::string word;
+  for (char c : text + " ") {
+    if (std::isalpha(static_cast<unsigned char>(c))) {
+      word += c;
+    } else if (!word.empty()) {
+      words.push_back(word);
+      word.clear();
+    }
+  }
+  return words;
+}
+
+TEST(World, RendersDeterministicallyAndFromItsAttributes) {
+  for (uint64_t seed : {0, 1, 2, 3, 4, 5}) {
+    const world::Scene scene = world::sample_scene(seed);
+    const world::WorldSample a = world::render(scene, 128), b = world::render(scene, 128);
+    EXPECT_TRUE(at::equal(a.image, b.image)) << seed;
+    EXPECT_TRUE(at::equal(a.mask, b.mask)) << seed;
+    // The attributes are a complete description: the scene they describe renders the same bytes.
+    const nlohmann::json described = nlohmann::json::parse(a.attributes.dump());
+    EXPECT_TRUE(at::equal(world::render(world::scene_from_json(described), 128).image, a.image)) << seed;
+    EXPECT_EQ(a.image.sizes(), (std::vector<int64_t>{128, 128, 3}));
+    EXPECT_EQ(a.mask.sizes(), (std::vector<int64_t>{128, 128, 1}));
+  }
+  EXPECT_FALSE(at::equal(world::render(world::sample_scene(1)).image, world::render(world::sample_scene(2)).image));
+  nlohmann::json bad = world::to_json(world::sample_scene(0));
+  bad["background"] = "tartan";
+  EXPECT_THROW(world::scene_from_json(bad), Error);
+  bad.erase("background");
+  EXPECT_THROW(world::scene_from_json(bad), Error);
+  EXPECT_THROW(world::render(world::sample_scene(0), 32), Error);
+}
+
+TEST(World, MaskCoversTheSubjectAndNotTheCupBesideIt) {
+  world::Scene scene = world::source_scene(world::sample_identity(11), 0);
+  const world::WorldSample alone = world::render(scene, 256);
+  const at::Tensor on_subject = alone.mask.squeeze(-1) > 127;
+  const double area = on_subject.to(at::kFloat).mean().item<double>();
+  EXPECT_GT(area, 0.08);
+  EXPECT_LT(area, 0.45);
+  // Outside the mask the image is the plain background; inside it hardly any pixel is.
+  const at::Tensor background = at::tensor({72, 112, 202}, at::kByte);
+  const at::Tensor is_background = (alone.image == background).all(-1);
+  EXPECT_TRUE(is_background.masked_select(alone.mask.squeeze(-1) == 0).all().item<bool>());
+  EXPECT_LT(is_background.masked_select(on_subject).to(at::kFloat).mean().item<double>(), 0.01);
+
+  world::apply_edit(scene, "cup");
+  const world::WorldSample with_cup = world::render(scene, 256);
+  const at::Tensor cup_pixels = (with_cup.image != background).any(-1) & (with_cup.mask.squeeze(-1) == 0);
+  EXPECT_GT(cup_pixels.sum().item<int64_t>(), 500);  // the cup is drawn, outside the mask
+  scene.subject = world::Subject::kCup;
+  const world::WorldSample cup = world::render(scene, 256);
+  EXPECT_GT((cup.mask > 127).sum().item<int64_t>(), 2000);
+  EXPECT_EQ(cup.caption.find("face"), std::string::npos);
+}
+
+TEST(World, EditsChangeOnlyWhatTheyName) {
+  const world::Scene source = world::source_scene(world::sample_identity(21), 4);
+  const world::WorldSample plain = world::render(source, 256);
+  for (const std::string edit : {"sunglasses", "hat", "earrings", "smiling", "surprised"}) {
+    world::Scene edited = source;
+    world::apply_edit(edited, edit);
+    const world::WorldSample sample = world::render(edited, 256);
+    const at::Tensor changed = (sample.image != plain.image).any(-1);
+    EXPECT_GT(changed.sum().item<int64_t>(), 50) << edit;
+    // The background stays where neither render has the subject.
+    const at::Tensor outside = (sample.mask.squeeze(-1) == 0) & (plain.mask.squeeze(-1) == 0);
+    EXPECT_EQ((changed & outside).sum().item<int64_t>(), 0) << edit;
+    EXPECT_NE(sample.caption.find(edit), std::string::npos) << sample.caption;
+  }
+  world::Scene recoloured = source;
+  world::apply_edit(recoloured, "green-background");
+  const world::WorldSample green = world::render(recoloured, 256);
+  EXPECT_TRUE(at::equal(green.mask, plain.mask));
+  EXPECT_TRUE(at::equal(green.image.masked_select(green.mask == 255), plain.image.masked_select(plain.mask == 255)));
+  EXPECT_NE(green.caption.find("on a green background"), std::string::npos);
+  world::Scene scene = source;
+  EXPECT_THROW(world::apply_edit(scene, "moustache"), Error);
+}
+
+TEST(World, IdentitiesDifferBeyondTheirCaptions) {
+  // Two identities that captions describe with the same words still draw different faces.
+  int same_words = 0;
+  for (uint64_t a = 0; a < 400 && same_words < 3; ++a) {
+    for (uint64_t b = a + 1; b < 400; ++b) {
+      const world::Scene sa = world::source_scene(world::sample_identity(a), 0);
+      const world::Scene sb = world::source_scene(world::sample_identity(b), 0);
+      if (world::caption(sa) != world::caption(sb)) continue;
+      EXPECT_FALSE(at::equal(world::render(sa, 128).image, world::render(sb, 128).image));
+      ++same_words;
+      break;
+    }
+  }
+  EXPECT_EQ(same_words, 3);
+}
+
+TEST(World, CaptionsSpeakTheWorldVocabulary) {
+  const std::string dir = testing::fresh_temp_dir("world_vocab");
+  write_small_clip_tokenizer(dir, world::vocabulary_words());
+  const ClipTokenizer tokenizer = ClipTokenizer::load(dir);
+  const std::vector<std::string>& vocabulary = world::vocabulary_words();
+  const std::set<std::string> known(vocabulary.begin(), vocabulary.end());
+  std::set<std::string> seen;
+  size_t longest = 0;
+  for (uint64_t seed = 0; seed < 300; ++seed) {
+    const std::string text = world::caption(world::sample_scene(seed));
+    for (const std::string& word : words_of(text)) {
+      EXPECT_TRUE(known.count(word)) << word << " in: " << text;
+      EXPECT_EQ(tokenizer.encode(word).size(), 1u) << word;
+      seen.insert(word);
+    }
+    longest = std::max(longest, tokenizer.encode(text).size());
+  }
+  EXPECT_LE(longest + 2, 77u);  // BOS + caption + EOS fit the context
+  for (const char* word : {"sunglasses", "hat", "earrings", "cup", "striped", "dotted", "left", "right", "small",
+                           "large", "smiling", "surprised", "freckles", "curly", "orange"})
+    EXPECT_TRUE(seen.count(word)) << word << " never appears in 300 captions";
+}
+
+TEST(WorldCommand, WritesImagesMasksCaptionsAndAnIndex) {
+  const std::string dir = testing::fresh_temp_dir("world_cli") + "/out";
+  const auto result = testing::run_cli({"world", "--out", dir, "--count", "3", "--size", "96", "--seed", "5"});
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  std::ifstream index(dir + "/samples.jsonl");
+  std::string line;
+  int lines = 0;
+  while (std::getline(index, line)) {
+    const nlohmann::json entry = nlohmann::json::parse(line);
+    const world::WorldSample expected = world::render(world::sample_scene(5 + lines), 96);
+    EXPECT_EQ(entry.at("caption"), expected.caption);
+    EXPECT_TRUE(at::equal(read_image_rgb(dir + "/" + entry.at("image").get<std::string>()).pixels, expected.image));
+    EXPECT_TRUE(std::filesystem::exists(dir + "/" + entry.at("mask").get<std::string>()));
+    ++lines;
+  }
+  EXPECT_EQ(lines, 3);
+  const std::string edits = testing::fresh_temp_dir("world_cli") + "/edits";
+  const auto bad = testing::run_cli({"world", "--out", edits, "--with", "moustache"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("unknown edit 'moustache'"), std::string::npos) << bad.err;
+  EXPECT_FALSE(std::filesystem::exists(edits));
+}
+
+}  // namespace
+}  // namespace singleinsert
