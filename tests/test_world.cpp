@@ -51,7 +51,7 @@ TEST(World, RendersDeterministicallyAndFromItsAttributes) {
   EXPECT_THROW(world::scene_from_json(bad), Error);
   bad.erase("background");
   EXPECT_THROW(world::scene_from_json(bad), Error);
-  EXPECT_THROW(world::render(world::sample_scene(0), 32), Error);
+  EXPECT_THROW(world::render(world::sample_scene(0), 16), Error);
 }
 
 TEST(World, MaskCoversTheSubjectAndNotTheCupBesideIt) {
@@ -161,6 +161,66 @@ TEST(WorldCommand, WritesImagesMasksCaptionsAndAnIndex) {
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find("unknown edit 'moustache'"), std::string::npos) << bad.err;
   EXPECT_FALSE(std::filesystem::exists(edits));
+}
+
+// A model small enough to train for a few steps in seconds, in the config layout of
+// configs/base/world.json.
+std::string write_tiny_base_config(const std::string& dir) {
+  nlohmann::json config = nlohmann::json::parse(R"({
+    "resolution": 32, "seed": 3,
+    "vae": {"steps": 20, "batch_size": 4, "lr": 2e-3, "kl_weight": 1e-4,
+            "config": {"latent_channels": 4, "block_out_channels": [16, 32],
+                       "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+                       "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+                       "layers_per_block": 1, "norm_num_groups": 8}},
+    "diffusion": {"steps": 20, "batch_size": 4, "lr": 1e-3, "caption_dropout": 0.25},
+    "unet": {"sample_size": 16, "block_out_channels": [32, 32],
+             "down_block_types": ["CrossAttnDownBlock2D", "DownBlock2D"],
+             "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D"],
+             "layers_per_block": 1, "attention_head_dim": 2, "cross_attention_dim": 32, "norm_num_groups": 8},
+    "text_encoder": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77}
+  })");
+  const std::string path = dir + "/tiny_base.json";
+  std::ofstream(path) << config.dump(2);
+  return path;
+}
+
+TEST(TrainBase, TrainsAModelThatGenerateLoads) {
+  const std::string dir = testing::fresh_temp_dir("train_base");
+  const std::string config = write_tiny_base_config(dir);
+  const auto trained = testing::run_cli({"train-base", "--config", config, "--out", dir + "/model"});
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  std::ifstream record_file(dir + "/model/train_base.json");
+  const nlohmann::json record = nlohmann::json::parse(record_file);
+  // Both phases learn: the loss of the last 10% of steps is below that of the first 10%.
+  EXPECT_LT(record.at("vae").at("loss_last").get<double>(), 0.8 * record.at("vae").at("loss_first").get<double>());
+  EXPECT_LT(record.at("diffusion").at("loss_last").get<double>(),
+            0.8 * record.at("diffusion").at("loss_first").get<double>());
+  EXPECT_GT(record.at("scaling_factor").get<double>(), 0.0);
+  // The folder is a diffusers model: fp16 weights, the world's words as single tokens.
+  const auto info = testing::run_cli({"info", dir + "/model"});
+  EXPECT_NE(info.out.find("float16"), std::string::npos) << info.out;
+  const auto tokens = testing::run_cli({"tokenize", "--model", dir + "/model", "--prompt", "sunglasses"});
+  ASSERT_EQ(tokens.exit_code, 0) << tokens.err;
+  const auto generated = testing::run_cli({"generate", "--model", dir + "/model", "--prompt",
+                                           "a photo of a face wearing a hat", "--steps", "3", "--out", dir + "/images"});
+  ASSERT_EQ(generated.exit_code, 0) << generated.err;
+  EXPECT_EQ(read_image_rgb(dir + "/images/0000.png").pixels.size(0), 32);
+
+  // Refusals leave nothing behind.
+  const auto again = testing::run_cli({"train-base", "--config", config, "--out", dir + "/model"});
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.err.find("already exists"), std::string::npos) << again.err;
+  nlohmann::json odd = nlohmann::json::parse(std::ifstream(config));
+  odd["resolution"] = 33;
+  std::ofstream(dir + "/odd.json") << odd.dump();
+  const auto bad = testing::run_cli({"train-base", "--config", dir + "/odd.json", "--out", dir + "/odd"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("not a multiple"), std::string::npos) << bad.err;
+  EXPECT_TRUE(std::filesystem::is_empty(dir) || !std::filesystem::exists(dir + "/odd"));
+  for (const auto& entry : std::filesystem::directory_iterator(dir))
+    EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
 }
 
 }  // namespace

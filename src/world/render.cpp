@@ -198,7 +198,7 @@ void draw_face(Painter& paint, const Scene& scene, double cx, double cy, double 
 }  // namespace
 
 WorldSample render(const Scene& scene, int size) {
-  if (size < 64) throw Error(fmt::format("world: image size {} is too small (at least 64)", size));
+  if (size < 32) throw Error(fmt::format("world: image size {} is too small (at least 32)", size));
   const double s = size;
   cv::Mat image(size, size, CV_8UC3);  // drawn in RGB order
   cv::Mat mask(size, size, CV_8UC1, cv::Scalar(0));

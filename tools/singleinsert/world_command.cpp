@@ -1,4 +1,6 @@
 // singleinsert world: render scenes of the procedural world (image, mask, caption, ground truth).
+// singleinsert train-base: train a small model from scratch on that world.
+#include <ATen/ATen.h>
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -9,6 +11,9 @@
 #include "commands.h"
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
+#include "singleinsert/core/interrupt.h"
+#include "singleinsert/core/json_config.h"
+#include "singleinsert/training/base_training.h"
 #include "singleinsert/io/png.h"
 #include "singleinsert/world/render.h"
 
@@ -56,7 +61,7 @@ void add_world_command(CLI::App& app) {
   command->add_option("--out", args->out, "Output folder")->required();
   command->add_option("--seed", args->seed, "Seed of the first scene (then seed+1, ...)")->capture_default_str();
   command->add_option("--count", args->count, "How many scenes")->capture_default_str()->check(CLI::PositiveNumber);
-  command->add_option("--size", args->size, "Image size in pixels")->capture_default_str()->check(CLI::Range(64, 4096));
+  command->add_option("--size", args->size, "Image size in pixels")->capture_default_str()->check(CLI::Range(32, 4096));
   command->add_option("--identity", args->identity, "Keep this identity seed in every scene");
   command->add_flag("--held-out", args->held_out, "Draw identities from the held-out range (never in training scenes)");
   command->add_flag("--source", args->source,
@@ -86,6 +91,71 @@ void add_world_command(CLI::App& app) {
     }
     write_file_atomic((fs::path(args->out) / "samples.jsonl").string(), index);
     out.commit();
+  });
+}
+
+void add_train_base_command(CLI::App& app) {
+  struct Args {
+    std::string config, out, device = "auto", save_dtype = "fp16";
+    std::optional<int> vae_steps, steps, batch_size;
+    std::optional<uint64_t> seed;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* command = app.add_subcommand(
+      "train-base", "Train a small SD-architecture model from scratch on the procedural world (VAE, then text "
+                    "encoder and UNet) and write it as a diffusers folder");
+  command->add_option("--config", args->config, "Training config (e.g. configs/base/world.json)")->required();
+  command->add_option("--out", args->out, "Model folder to create")->required();
+  command->add_option("--vae-steps", args->vae_steps, "Override the VAE phase's steps");
+  command->add_option("--steps", args->steps, "Override the diffusion phase's steps");
+  command->add_option("--batch-size", args->batch_size, "Override the diffusion phase's batch size");
+  command->add_option("--seed", args->seed, "Override the seed");
+  command->add_option("--device", args->device, "auto|cpu|cuda")->capture_default_str();
+  command->add_option("--save-dtype", args->save_dtype, "Weights dtype on disk: fp16|fp32")->capture_default_str();
+  command->callback([args] {
+    BaseTrainingConfig config = BaseTrainingConfig::from_json(JsonConfig::load(args->config));
+    if (args->vae_steps) config.vae.steps = *args->vae_steps;
+    if (args->steps) config.diffusion.steps = *args->steps;
+    if (args->batch_size) config.diffusion.batch_size = *args->batch_size;
+    if (args->seed) config.seed = *args->seed;
+    config.validate();
+    if (args->save_dtype != "fp16" && args->save_dtype != "fp32")
+      throw Error("--save-dtype must be fp16 or fp32, not '" + args->save_dtype + "'");
+    if (fs::exists(args->out) && !fs::is_empty(args->out)) throw Error(args->out + ": already exists");
+    const ExecutionOptions execution = make_execution_options(args->device, "fp32");
+    const int resolution = config.resolution;
+    // Example i of the stream is world scene i, rendered at the training resolution.
+    const CaptionedSource source = [resolution](uint64_t first, int count) {
+      CaptionedBatch batch;
+      std::vector<at::Tensor> images;
+      for (int i = 0; i < count; ++i) {
+        const world::WorldSample sample = world::render(world::sample_scene(first + static_cast<uint64_t>(i)), resolution);
+        images.push_back(sample.image.permute({2, 0, 1}).to(at::kFloat) / 127.5 - 1.0);
+        batch.captions.push_back(sample.caption);
+      }
+      batch.images = at::stack(images);
+      return batch;
+    };
+    install_interrupt_handler();
+    ProgressLine progress;
+    // Piped, a run of hours still reports: a plain line at every 5% of each phase.
+    const ProgressCallback report = [&progress](const ProgressReport& r) {
+      progress(r);
+      if (!progress.interactive() && r.step % std::max<int64_t>(1, r.total / 20) == 0)
+        std::fprintf(stderr, "%s step %lld/%lld loss %.5f elapsed %.1f s\n", r.stage.c_str(),
+                     static_cast<long long>(r.step), static_cast<long long>(r.total), r.values.at("loss"),
+                     r.elapsed_seconds);
+    };
+    const BaseTrainingSummary summary =
+        train_base_model(config, world::vocabulary_words(), source, args->out, execution,
+                         args->save_dtype == "fp16" ? at::kHalf : at::kFloat, report);
+    progress.finish();
+    std::printf("%s\n", args->out.c_str());
+    std::fprintf(stderr,
+                 "vae: loss %.5f -> %.5f in %s; diffusion: loss %.5f -> %.5f in %s; latent scaling factor %.5f\n",
+                 summary.vae_loss_first, summary.vae_loss_last, format_duration(summary.vae_seconds).c_str(),
+                 summary.diffusion_loss_first, summary.diffusion_loss_last,
+                 format_duration(summary.diffusion_seconds).c_str(), summary.scaling_factor);
   });
 }
 

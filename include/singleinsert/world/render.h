@@ -18,7 +18,7 @@ struct WorldSample {
   nlohmann::json attributes;  // to_json(scene)
 };
 
-// Deterministic: the same scene and size give the same bytes. size >= 64.
+// Deterministic: the same scene and size give the same bytes. size >= 32.
 WorldSample render(const Scene& scene, int size = 256);
 
 }  // namespace singleinsert::world
