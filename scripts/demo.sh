@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on the embedded default model: builds singleinsert, creates the small built-in
-# model on first run, draws a subject (a face and its mask), learns it as a concept (invert, then
-# finetune), and renders it in new prompts. Pass --model DIR to use real SD v1.5 weights.
+# The main job on the embedded toy-world model: builds singleinsert, renders a subject (a face
+# and its mask) from the procedural world, learns it as a concept (invert, then finetune),
+# renders it in new prompts and measures the edits. Pass --model DIR to use real SD v1.5 weights.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
@@ -12,16 +12,28 @@ model=""
 if [ "${1:-}" = "--model" ]; then model="$2"; fi
 out="out/demo-$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
-if [ -z "$model" ]; then
+world_model=assets/world/model
+detector=assets/world/world_detector.safetensors
+if [ -z "$model" ] && [ -d "$world_model" ]; then
+  model="$world_model"
+  cat >&2 <<'NOTE'
+Using the embedded toy-world model (assets/world/model): a small Stable-Diffusion-architecture
+model that singleinsert trained from scratch on its procedural world of cartoon faces (64 px; see
+docs/toyworld.md). It knows that world's words only. For real images, point --model at a Stable
+Diffusion v1.5 folder in diffusers layout, e.g.
+  scripts/demo.sh --model /path/to/stable-diffusion-v1-5
+NOTE
+  size=64
+  stage1=(--preset world)
+  stage2=(--preset world)
+elif [ -z "$model" ]; then
   model=models/default
   if [ ! -d "$model" ]; then "$bin" create-default-model --out "$model" >/dev/null; fi
   cat >&2 <<'NOTE'
-Using the embedded default model (models/default): a small Stable-Diffusion-shaped model with
-random, untrained weights. It runs every step of the real pipeline but draws noise, not pictures.
-For real images, point --model at a Stable Diffusion v1.5 folder in diffusers layout, e.g.
-  scripts/demo.sh --model /path/to/stable-diffusion-v1-5
+Using the built-in default model (models/default): random, untrained weights in the SD layout.
+It runs every step of the real pipeline but draws noise. For real images, point --model at a
+Stable Diffusion v1.5 folder in diffusers layout.
 NOTE
-  # Short schedules at the small model's native 64 px, so the demo takes about a minute.
   size=64
   stage1=(--resolution 64 --steps 20 --batch 4)
   stage2=(--steps 10 --batch 2)
@@ -31,17 +43,23 @@ else
   stage2=()
 fi
 
-"$bin" world --out "$out/subject" --identity 7 --held-out --source >/dev/null
-echo "1/4 subject: $out/subject/sample_0000.png and its mask" >&2
+"$bin" world --out "$out/subject" --identity 7 --held-out --source --size "$size" >/dev/null
+echo "1/5 subject (a face no training scene has): $out/subject/sample_0000.png and its mask" >&2
 "$bin" invert --model "$model" --image "$out/subject/sample_0000.png" --mask "$out/subject/sample_0000_mask.png" \
   --class face --out "$out/concept-stage1" "${stage1[@]}" >/dev/null
-echo "2/4 stage I (invert): $out/concept-stage1" >&2
+echo "2/5 stage I (invert): $out/concept-stage1" >&2
 "$bin" finetune --model "$model" --concept "$out/concept-stage1" --out "$out/concept" "${stage2[@]}" >/dev/null
-echo "3/4 stage II (finetune): $out/concept" >&2
+echo "3/5 stage II (finetune): $out/concept" >&2
 "$bin" generate --model "$model" --concept "$out/concept" \
-  --prompt "a photo of * face wearing sunglasses on the beach" \
-  --prompt "an oil painting of * face in a garden" \
-  --negative-prompt "blurry" --images-per-prompt 2 --steps 20 --sampler dpmpp_2m \
-  --seed 42 --width "$size" --height "$size" --out "$out/images" >/dev/null
-echo "4/4 generate: $out/images/0000.png ... 0003.png" >&2
+  --prompt "a photo of a * face wearing sunglasses" \
+  --prompt "a photo of a * face wearing a hat" \
+  --prompt "a photo of a * face on a green background" \
+  --prompt "a photo of a * face next to a red cup" \
+  --images-per-prompt 2 --steps 25 --seed 42 --width "$size" --height "$size" --out "$out/images" >/dev/null
+echo "4/5 generate: $out/images/0000.png ... 0007.png (sunglasses, hat, green background, a cup beside)" >&2
+if [ "$model" = "$world_model" ]; then
+  "$bin" eval concept --model "$model" --concept "$out/concept" --detector "$detector" \
+    --source "$out/subject/samples.jsonl" --seeds 2 --steps 25 --json "$out/eval.json" | sed 's/^/   /' >&2
+  echo "5/5 measured (esr: share of edits shown; identity_distance: to the source, lower is closer): $out/eval.json" >&2
+fi
 echo "demo output: $out (concept in $out/concept, loss curves in $out/concept/loss.png, images in $out/images)"

@@ -14,6 +14,7 @@
 #include "singleinsert/io/image_file.h"
 #include "singleinsert/models/clip_tokenizer.h"
 #include "singleinsert/pipeline/default_model.h"
+#include "singleinsert/world/detector.h"
 #include "singleinsert/world/render.h"
 
 namespace singleinsert {
@@ -221,6 +222,66 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
   EXPECT_TRUE(std::filesystem::is_empty(dir) || !std::filesystem::exists(dir + "/odd"));
   for (const auto& entry : std::filesystem::directory_iterator(dir))
     EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();
+}
+
+const std::string kWorldAssets = std::string(SINGLEINSERT_ASSETS_DIR) + "/world";
+// What the committed detector measured on its own validation (world_detector.safetensors.json),
+// less a margin for a smaller sample.
+constexpr double kDetectorFloor = 0.85;
+constexpr double kIdentityAucFloor = 0.93;
+
+TEST(WorldDetector, ReadsFreshRendersAndSeparatesIdentities) {
+  world::WorldDetector detector = world::load_detector(kWorldAssets + "/world_detector.safetensors");
+  // Seed 7 draws other scenes than the validation recorded beside the weights.
+  const world::DetectorValidation validation = world::validate_detector(detector, 256, 7);
+  for (const auto& [name, accuracy] : validation.accuracy) EXPECT_GE(accuracy, kDetectorFloor) << name;
+  EXPECT_EQ(validation.accuracy.size(), world::attribute_heads().size());
+  EXPECT_GE(validation.identity_auc, kIdentityAucFloor);
+  // A render and the same render with sunglasses: the detector sees the edit, and the identity
+  // moves less than to another face.
+  const world::Scene plain = world::source_scene(world::sample_identity(world::kHeldOutIdentitySeed + 5), 2);
+  world::Scene edited = plain;
+  world::apply_edit(edited, "sunglasses");
+  const world::Scene other = world::source_scene(world::sample_identity(world::kHeldOutIdentitySeed + 6), 2);
+  const auto found = world::detect(
+      detector, at::stack({world::render(plain).image, world::render(edited).image, world::render(other).image}));
+  EXPECT_EQ(found[0].attributes.at("sunglasses"), 0);
+  EXPECT_EQ(found[1].attributes.at("sunglasses"), 1);
+  EXPECT_EQ(found[0].attributes.at("background"), 2);
+  EXPECT_LT(world::identity_distance(found[0], found[1]), world::identity_distance(found[0], found[2]));
+}
+
+TEST(WorldDetector, TrainsSavesAndLoadsFromTheCommandLine) {
+  const std::string dir = testing::fresh_temp_dir("detector");
+  const auto trained = testing::run_cli(
+      {"eval", "train-detector", "--out", dir + "/d.safetensors", "--steps", "3", "--batch-size", "8", "--validate", "16"});
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  EXPECT_NE(trained.out.find("identity_auc\t"), std::string::npos) << trained.out;
+  const nlohmann::json record = nlohmann::json::parse(std::ifstream(dir + "/d.safetensors.json"));
+  EXPECT_EQ(record.at("accuracy").size(), world::attribute_heads().size());
+  world::WorldDetector loaded = world::load_detector(dir + "/d.safetensors");
+  const auto again = testing::run_cli({"eval", "train-detector", "--out", dir + "/d.safetensors", "--steps", "1"});
+  EXPECT_NE(again.exit_code, 0);
+}
+
+TEST(WorldModel, TheCommittedModelGeneratesAndIsMeasured) {
+  const std::string dir = testing::fresh_temp_dir("world_model");
+  const std::string model = kWorldAssets + "/model";
+  const auto generated = testing::run_cli({"generate", "--model", model, "--prompt",
+                                           "a photo of a face with pale skin, short black hair and blue eyes, wearing "
+                                           "sunglasses, on a green background",
+                                           "--steps", "10", "--out", dir + "/images"});
+  ASSERT_EQ(generated.exit_code, 0) << generated.err;
+  EXPECT_EQ(read_image_rgb(dir + "/images/0000.png").pixels.size(0), 64);
+  const auto adherence = testing::run_cli({"eval", "adherence", "--model", model, "--detector",
+                                           kWorldAssets + "/world_detector.safetensors", "--count", "2", "--steps",
+                                           "5", "--json", dir + "/adherence.json"});
+  ASSERT_EQ(adherence.exit_code, 0) << adherence.err;
+  const nlohmann::json record = nlohmann::json::parse(std::ifstream(dir + "/adherence.json"));
+  for (const auto& [name, share] : record.at("attributes").items()) {
+    EXPECT_GE(share.get<double>(), 0.0) << name;
+    EXPECT_LE(share.get<double>(), 1.0) << name;
+  }
 }
 
 }  // namespace

@@ -11,6 +11,7 @@ void add_invert_command(CLI::App& app);
 void add_finetune_command(CLI::App& app);
 void add_world_command(CLI::App& app);
 void add_train_base_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_export_command(CLI::App& app);

@@ -27,7 +27,7 @@ struct WorldArgs {
   uint64_t seed = 0;
   int count = 1, size = 256;
   int64_t identity = -1;
-  bool held_out = false, source = false, overwrite = false;
+  bool held_out = false, source = false, full_mask = false, overwrite = false;
   std::vector<std::string> edits;
 };
 
@@ -68,6 +68,8 @@ void add_world_command(CLI::App& app) {
                     "Render source photos: the face alone, centred, neutral, no accessories, plain background");
   command->add_option("--with", args->edits, "Edit applied to the source photo (repeatable): " +
                                                   fmt::format("{}", fmt::join(world::edit_names(), ", ")));
+  command->add_flag("--full-mask", args->full_mask,
+                    "Write masks that cover the whole image (for full-image-loss baselines)");
   command->add_flag("--overwrite", args->overwrite, "Write into a folder that already has files");
   command->callback([args] {
     world::Scene probe;  // unknown edits fail before anything is written
@@ -79,7 +81,7 @@ void add_world_command(CLI::App& app) {
       const std::string stem = fmt::format("sample_{:04}", i);
       const fs::path base = fs::path(args->out) / stem;
       write_png(base.string() + ".png", sample.image, {{"caption", sample.caption}});
-      write_png(base.string() + "_mask.png", sample.mask);
+      write_png(base.string() + "_mask.png", args->full_mask ? at::full_like(sample.mask, 255) : sample.mask);
       write_file_atomic(base.string() + ".txt", sample.caption + "\n");
       index += nlohmann::json{{"image", stem + ".png"},
                               {"mask", stem + "_mask.png"},
