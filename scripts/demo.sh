@@ -16,6 +16,8 @@ world_model=assets/world/model
 detector=assets/world/world_detector.safetensors
 if [ -z "$model" ] && [ -d "$world_model" ]; then
   model="$world_model"
+  # The tokenizer is generated from the world's words, not stored.
+  [ -d "$model/tokenizer" ] || "$bin" world --write-tokenizer "$model/tokenizer" >/dev/null
   cat >&2 <<'NOTE'
 Using the embedded toy-world model (assets/world/model): a small Stable-Diffusion-architecture
 model that singleinsert trained from scratch on its procedural world of cartoon faces (64 px; see

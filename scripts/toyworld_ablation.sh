@@ -13,6 +13,7 @@ bin=build/tools/singleinsert
 model=assets/world/model
 detector=assets/world/world_detector.safetensors
 mkdir -p "$out"
+[ -d "$model/tokenizer" ] || "$bin" world --write-tokenizer "$model/tokenizer"  # generated, not stored
 results="$out/results.tsv"
 printf 'identity\tvariant\tesr\tidentity_distance\tbackground_leakage\tseconds\n' > "$results"
 

@@ -266,7 +266,13 @@ TEST(WorldDetector, TrainsSavesAndLoadsFromTheCommandLine) {
 
 TEST(WorldModel, TheCommittedModelGeneratesAndIsMeasured) {
   const std::string dir = testing::fresh_temp_dir("world_model");
-  const std::string model = kWorldAssets + "/model";
+  // The repository stores the weights; the tokenizer is generated from the world's words, as
+  // train-base wrote it.
+  const std::string model = dir + "/model";
+  std::filesystem::copy(kWorldAssets + "/model", model, std::filesystem::copy_options::recursive);
+  std::filesystem::remove_all(model + "/tokenizer");
+  const auto tokenizer = testing::run_cli({"world", "--write-tokenizer", model + "/tokenizer"});
+  ASSERT_EQ(tokenizer.exit_code, 0) << tokenizer.err;
   const auto generated = testing::run_cli({"generate", "--model", model, "--prompt",
                                            "a photo of a face with pale skin, short black hair and blue eyes, wearing "
                                            "sunglasses, on a green background",

@@ -13,6 +13,7 @@
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/interrupt.h"
 #include "singleinsert/core/json_config.h"
+#include "singleinsert/pipeline/default_model.h"
 #include "singleinsert/training/base_training.h"
 #include "singleinsert/io/png.h"
 #include "singleinsert/world/render.h"
@@ -23,7 +24,7 @@ namespace singleinsert::cli {
 namespace {
 
 struct WorldArgs {
-  std::string out;
+  std::string out, tokenizer;
   uint64_t seed = 0;
   int count = 1, size = 256;
   int64_t identity = -1;
@@ -58,7 +59,9 @@ void add_world_command(CLI::App& app) {
   auto args = std::make_shared<WorldArgs>();
   CLI::App* command = app.add_subcommand(
       "world", "Render scenes of the procedural world: image, subject mask, caption and ground-truth attributes");
-  command->add_option("--out", args->out, "Output folder")->required();
+  command->add_option("--out", args->out, "Output folder");
+  command->add_option("--write-tokenizer", args->tokenizer,
+                      "Instead of rendering, write the world's vocabulary as a CLIP tokenizer folder here");
   command->add_option("--seed", args->seed, "Seed of the first scene (then seed+1, ...)")->capture_default_str();
   command->add_option("--count", args->count, "How many scenes")->capture_default_str()->check(CLI::PositiveNumber);
   command->add_option("--size", args->size, "Image size in pixels")->capture_default_str()->check(CLI::Range(32, 4096));
@@ -72,6 +75,11 @@ void add_world_command(CLI::App& app) {
                     "Write masks that cover the whole image (for full-image-loss baselines)");
   command->add_flag("--overwrite", args->overwrite, "Write into a folder that already has files");
   command->callback([args] {
+    if (!args->tokenizer.empty()) {  // the tokenizer train-base gives world models
+      write_small_clip_tokenizer(args->tokenizer, world::vocabulary_words());
+      return;
+    }
+    if (args->out.empty()) throw Error("world: --out is required");
     world::Scene probe;  // unknown edits fail before anything is written
     for (const auto& edit : args->edits) world::apply_edit(probe, edit);
     OutputDirectory out(args->out, args->overwrite);
