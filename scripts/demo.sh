@@ -57,11 +57,11 @@ echo "3/5 stage II (finetune): $out/concept" >&2
   --prompt "a photo of a * face wearing a hat" \
   --prompt "a photo of a * face on a green background" \
   --prompt "a photo of a * face next to a red cup" \
-  --images-per-prompt 2 --steps 25 --seed 42 --width "$size" --height "$size" --out "$out/images" >/dev/null
-echo "4/5 generate: $out/images/0000.png ... 0007.png (sunglasses, hat, green background, a cup beside)" >&2
+  --images-per-prompt 2 --steps 25 --seed 42 --width "$size" --height "$size" --grid --out "$out/images" >/dev/null
+echo "4/5 generate: $out/images/grid.png (rows: sunglasses, hat, green background, a cup beside; 0000.png ... 0007.png)" >&2
 if [ "$model" = "$world_model" ]; then
   "$bin" eval concept --model "$model" --concept "$out/concept" --detector "$detector" \
     --source "$out/subject/samples.jsonl" --seeds 2 --steps 25 --json "$out/eval.json" | sed 's/^/   /' >&2
   echo "5/5 measured (esr: share of edits shown; identity_distance: to the source, lower is closer): $out/eval.json" >&2
 fi
-echo "demo output: $out (concept in $out/concept, loss curves in $out/concept/loss.png, images in $out/images)"
+echo "demo output: $out (concept in $out/concept, loss curves in $out/concept/loss.png, grid in $out/images/grid.png)"

@@ -10,7 +10,11 @@
 #include <gtest/gtest.h>
 #include <filesystem>
 
+#include <nlohmann/json.hpp>
+
 #include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+#include "singleinsert/core/state_dict.h"
 
 namespace singleinsert::testing {
 
@@ -24,6 +28,19 @@ std::string golden_path(const std::string& relative) {
 }
 
 SafetensorsFile golden_file(const std::string& relative) { return SafetensorsFile::open(golden_path(relative)); }
+
+void expect_reference_layout(const torch::nn::Module& module, const std::string& shapes_json) {
+  const auto reference = nlohmann::json::parse(read_file(golden_path(shapes_json)));
+  const auto tensors = module_tensors(module);
+  ASSERT_EQ(tensors.size(), reference["tensors"].size()) << shapes_json;
+  int64_t parameters = 0;
+  for (const auto& [key, shape] : reference["tensors"].items()) {
+    ASSERT_TRUE(tensors.count(key)) << "missing " << key;
+    EXPECT_EQ(tensors.at(key).sizes().vec(), shape.get<std::vector<int64_t>>()) << key;
+    parameters += tensors.at(key).numel();
+  }
+  EXPECT_EQ(parameters, reference["num_parameters"].get<int64_t>()) << shapes_json;
+}
 
 c10::Device test_device() {
   const char* name = std::getenv("SINGLEINSERT_TEST_DEVICE");

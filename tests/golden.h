@@ -8,12 +8,20 @@
 
 #include "singleinsert/core/safetensors.h"
 
+namespace torch::nn {
+class Module;
+}
+
 namespace singleinsert::testing {
 
 // SINGLEINSERT_GOLDEN overrides the default ../shared/golden beside the repository. A missing
 // folder fails the tests that need it: parity is never skipped.
 std::string golden_path(const std::string& relative = "");
 SafetensorsFile golden_file(const std::string& relative);
+
+// Expects `module` to have exactly the keys and shapes of a reference state-dict listing
+// (configs_full/*_state_dict_shapes.json) and its parameter count.
+void expect_reference_layout(const torch::nn::Module& module, const std::string& shapes_json);
 
 // max |actual - expected| / max |expected|: the error relative to the tensor's scale, so
 // values near zero do not dominate.

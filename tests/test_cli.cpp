@@ -101,7 +101,7 @@ TEST(Cli, GenerateWritesPromptMajorImagesWithParameters) {
   const std::string out = fresh_temp_dir("batch") + "/images";
   const CliResult result = run_cli({"generate", "--model", testing::golden_path("sd_tiny"), "--prompt", "a red cat",
                                     "--prompt", "a blue dog", "--negative-prompt", "blurry", "--images-per-prompt", "2",
-                                    "--steps", "2", "--sampler", "euler_a", "--seed", "5", "--out", out});
+                                    "--steps", "2", "--sampler", "euler_a", "--seed", "5", "--grid", "--out", out});
   ASSERT_EQ(result.exit_code, 0) << result.err;
   EXPECT_EQ(result.out, out + "/0000.png\n" + out + "/0001.png\n" + out + "/0002.png\n" + out + "/0003.png\n");
   const auto text = read_png_text(out + "/0002.png");
@@ -116,6 +116,10 @@ TEST(Cli, GenerateWritesPromptMajorImagesWithParameters) {
   EXPECT_EQ(run["images"].size(), 4u);
   EXPECT_EQ(run["images"][1]["prompt"], "a red cat");
   EXPECT_EQ(run["images"][2]["prompt"], "a blue dog");
+  const at::Tensor grid = pixels(out + "/grid.png");  // a row per prompt
+  ASSERT_EQ(grid.sizes(), at::IntArrayRef({64, 64, 3}));
+  EXPECT_TRUE(at::equal(grid.slice(0, 32, 64).slice(1, 0, 32), pixels(out + "/0002.png")));
+  EXPECT_TRUE(at::equal(grid.slice(0, 0, 32).slice(1, 32, 64), pixels(out + "/0001.png")));
 }
 
 TEST(Cli, LongPromptsWarnAndContinue) {

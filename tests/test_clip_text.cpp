@@ -4,10 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include <nlohmann/json.hpp>
-
 #include "golden.h"
-#include "singleinsert/core/files.h"
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/core/state_dict.h"
@@ -96,14 +93,7 @@ TEST(ClipTextModel, StrictLoadingNamesTheProblem) {
 TEST(ClipTextModel, FullSd15ConfigHasTransformersKeysAndShapes) {
   const ClipTextModel model(
       ClipTextConfig::from_json(JsonConfig::load(testing::golden_path("configs_full/sd15/text_encoder/config.json"))));
-  const auto reference =
-      nlohmann::json::parse(read_file(testing::golden_path("configs_full/sd15_text_encoder_state_dict_shapes.json")));
-  const auto tensors = module_tensors(*model);
-  ASSERT_EQ(tensors.size(), reference["tensors"].size());
-  for (const auto& [key, shape] : reference["tensors"].items()) {
-    ASSERT_TRUE(tensors.count(key)) << "missing " << key;
-    EXPECT_EQ(tensors.at(key).sizes().vec(), shape.get<std::vector<int64_t>>()) << key;
-  }
+  testing::expect_reference_layout(*model, "configs_full/sd15_text_encoder_state_dict_shapes.json");
 }
 
 }  // namespace

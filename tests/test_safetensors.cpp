@@ -1,9 +1,11 @@
 // The safetensors reader validates everything before reading: malformed files are errors with
-// the path in the message, never crashes; the writer round-trips every dtype.
+// the path in the message, never crashes; the writer round-trips every dtype. Folders of files
+// appear whole or not at all.
 #include <gtest/gtest.h>
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -11,6 +13,7 @@
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/safetensors.h"
+#include "singleinsert/core/staged_directory.h"
 
 namespace singleinsert {
 namespace {
@@ -108,6 +111,34 @@ TEST(Safetensors, ViewsOutliveTheFileObject) {
     view = file.view("x");
   }
   EXPECT_EQ(view[999].item<float>(), 999.0f);
+}
+
+TEST(StagedDirectory, AppearsWholeOrNotAtAll) {
+  namespace fs = std::filesystem;
+  const fs::path root = fs::path(temp_path("staged"));
+  fs::remove_all(root);
+  fs::create_directories(root);
+  auto write_one = [](const fs::path& staging) { write_file_atomic((staging / "x.txt").string(), "1"); };
+  write_directory_atomic((root / "a").string(), write_one);
+  EXPECT_EQ(read_file((root / "a" / "x.txt").string()), "1");
+  try {
+    write_directory_atomic((root / "a").string(), write_one);
+    ADD_FAILURE() << "a folder with files was replaced";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("already exists"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(write_directory_atomic((root / "b").string(),
+                                      [&](const fs::path& staging) {
+                                        write_one(staging);
+                                        throw Error("interrupted");
+                                      }),
+               Error);
+  fs::create_directories(root / "c");  // an empty folder is replaced
+  write_directory_atomic((root / "c").string(), write_one);
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(root)) names.push_back(entry.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"a", "c"}));  // no b, no staging folder left
 }
 
 }  // namespace

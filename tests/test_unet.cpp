@@ -5,10 +5,7 @@
 
 #include <ATen/ATen.h>
 
-#include <nlohmann/json.hpp>
-
 #include "golden.h"
-#include "singleinsert/core/files.h"
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/core/state_dict.h"
 #include "singleinsert/models/unet.h"
@@ -86,17 +83,7 @@ TEST(UNet, MatchesDiffusersInFloat64) {
 TEST(UNet, FullSd15ConfigHasDiffusersKeysAndShapes) {
   const auto config = UNetConfig::from_json(JsonConfig::load(testing::golden_path("configs_full/sd15/unet/config.json")));
   const UNet2DConditionModel unet(config);  // parameters are allocated, never touched
-  const auto reference =
-      nlohmann::json::parse(read_file(testing::golden_path("configs_full/sd15_unet_state_dict_shapes.json")));
-  const auto tensors = module_tensors(*unet);
-  ASSERT_EQ(tensors.size(), reference["tensors"].size());
-  int64_t parameters = 0;
-  for (const auto& [key, shape] : reference["tensors"].items()) {
-    ASSERT_TRUE(tensors.count(key)) << "missing " << key;
-    EXPECT_EQ(tensors.at(key).sizes().vec(), shape.get<std::vector<int64_t>>()) << key;
-    parameters += tensors.at(key).numel();
-  }
-  EXPECT_EQ(parameters, reference["num_parameters"].get<int64_t>());
+  testing::expect_reference_layout(*unet, "configs_full/sd15_unet_state_dict_shapes.json");
 }
 
 }  // namespace

@@ -4,10 +4,7 @@
 
 #include <ATen/ATen.h>
 
-#include <nlohmann/json.hpp>
-
 #include "golden.h"
-#include "singleinsert/core/files.h"
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/core/state_dict.h"
 #include "singleinsert/models/vae.h"
@@ -90,14 +87,7 @@ TEST(Vae, LegacyAttentionNamesLoad) {
 TEST(Vae, FullSd15ConfigHasDiffusersKeysAndShapes) {
   const auto config = VaeConfig::from_json(JsonConfig::load(testing::golden_path("configs_full/sd15/vae/config.json")));
   const AutoencoderKL vae(config);
-  const auto reference =
-      nlohmann::json::parse(read_file(testing::golden_path("configs_full/sd15_vae_state_dict_shapes.json")));
-  const auto tensors = module_tensors(*vae);
-  ASSERT_EQ(tensors.size(), reference["tensors"].size());
-  for (const auto& [key, shape] : reference["tensors"].items()) {
-    ASSERT_TRUE(tensors.count(key)) << "missing " << key;
-    EXPECT_EQ(tensors.at(key).sizes().vec(), shape.get<std::vector<int64_t>>()) << key;
-  }
+  testing::expect_reference_layout(*vae, "configs_full/sd15_vae_state_dict_shapes.json");
 }
 
 }  // namespace

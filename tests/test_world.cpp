@@ -225,10 +225,10 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
 }
 
 const std::string kWorldAssets = std::string(SINGLEINSERT_ASSETS_DIR) + "/world";
-// What the committed detector measured on its own validation (world_detector.safetensors.json),
-// less a margin for a smaller sample.
-constexpr double kDetectorFloor = 0.85;
-constexpr double kIdentityAucFloor = 0.93;
+// The aims the committed detector meets on its own validation (world_detector.safetensors.json:
+// every attribute >= 0.99, AUC 0.997), checked again on a smaller fresh sample.
+constexpr double kDetectorFloor = 0.95;
+constexpr double kIdentityAucFloor = 0.95;
 
 TEST(WorldDetector, ReadsFreshRendersAndSeparatesIdentities) {
   world::WorldDetector detector = world::load_detector(kWorldAssets + "/world_detector.safetensors");

@@ -252,19 +252,24 @@ std::vector<std::string> ClipTokenizer::bpe(const std::string& word) const {
     }
     if (best_rank == std::numeric_limits<int>::max()) break;
     const std::string first = symbols[best], second = symbols[best + 1];
-    std::vector<std::string> merged;
-    for (size_t i = 0; i < symbols.size(); ++i) {
-      if (i + 1 < symbols.size() && symbols[i] == first && symbols[i + 1] == second) {
-        merged.push_back(first + second);
-        ++i;
-      } else {
-        merged.push_back(symbols[i]);
-      }
-    }
-    symbols = std::move(merged);
+    symbols = merge_pair(symbols, first, second);
   }
   (*cache_)[word] = symbols;
   return symbols;
+}
+
+std::vector<std::string> ClipTokenizer::merge_pair(const std::vector<std::string>& symbols, const std::string& first,
+                                                   const std::string& second) {
+  std::vector<std::string> merged;
+  for (size_t i = 0; i < symbols.size(); ++i) {
+    if (i + 1 < symbols.size() && symbols[i] == first && symbols[i + 1] == second) {
+      merged.push_back(first + second);
+      ++i;
+    } else {
+      merged.push_back(symbols[i]);
+    }
+  }
+  return merged;
 }
 
 std::vector<int64_t> ClipTokenizer::encode_plain(const std::string& text) const {

@@ -5,14 +5,13 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <map>
 #include <set>
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/random.h"
-#include "singleinsert/core/safetensors.h"
+#include "singleinsert/core/staged_directory.h"
 #include "singleinsert/core/state_dict.h"
 #include "singleinsert/models/clip_text_model.h"
 #include "singleinsert/models/clip_tokenizer.h"
@@ -63,10 +62,6 @@ void init_clip_embeddings(ClipTextModelImpl& text_encoder, at::Generator& genera
   text_encoder.text_model->embeddings->position_embedding->weight.normal_(0.0, 0.01, generator);
 }
 
-void save_module(const torch::nn::Module& module, const fs::path& path) {
-  save_safetensors(path.string(), state_dict(module), {{"format", "pt"}});
-}
-
 }  // namespace
 
 const std::vector<std::string>& default_vocabulary_words() {
@@ -107,18 +102,7 @@ void write_small_clip_tokenizer(const std::string& directory, const std::vector<
     const auto [first, second] = best->first;
     merges.push_back(first + " " + second);
     if (!vocab.contains(first + second)) vocab[first + second] = next++;
-    for (auto& symbols : spelled) {
-      std::vector<std::string> merged;
-      for (size_t i = 0; i < symbols.size(); ++i) {
-        if (i + 1 < symbols.size() && symbols[i] == first && symbols[i + 1] == second) {
-          merged.push_back(first + second);
-          ++i;
-        } else {
-          merged.push_back(symbols[i]);
-        }
-      }
-      symbols = std::move(merged);
-    }
+    for (auto& symbols : spelled) symbols = ClipTokenizer::merge_pair(symbols, first, second);
   }
   vocab["<|startoftext|>"] = next++;
   vocab["<|endoftext|>"] = next++;
@@ -138,13 +122,7 @@ void write_small_clip_tokenizer(const std::string& directory, const std::vector<
 }
 
 void create_default_model(const std::string& directory, uint64_t seed) {
-  fs::path target = fs::path(directory).lexically_normal();
-  if (!target.has_filename()) target = target.parent_path();  // "models/default/" -> "models/default"
-  if (fs::exists(target)) throw Error(fmt::format("{}: already exists", directory));
-  fs::create_directories(target.parent_path().empty() ? fs::path(".") : target.parent_path());
-  std::random_device random;
-  const fs::path staging = fs::path(target.string() + fmt::format(".tmp-{:08x}", random()));
-  try {
+  write_directory_atomic(directory, [&](const fs::path& staging) {
     write_small_clip_tokenizer((staging / "tokenizer").string(), default_vocabulary_words());
     const int64_t vocab_size = ClipTokenizer::load((staging / "tokenizer").string()).vocab_size();
 
@@ -155,24 +133,8 @@ void create_default_model(const std::string& directory, uint64_t seed) {
     for (torch::nn::Module* module : std::initializer_list<torch::nn::Module*>{text_encoder.get(), unet.get(), vae.get()})
       init_parameters(*module, generator);
     init_clip_embeddings(*text_encoder, generator);
-    for (const auto& [name, config, module, weights] :
-         std::initializer_list<std::tuple<const char*, std::string, torch::nn::Module*, const char*>>{
-             {"text_encoder", text_encoder->config().to_json(), text_encoder.get(), "model.safetensors"},
-             {"unet", unet->config().to_json(), unet.get(), "diffusion_pytorch_model.safetensors"},
-             {"vae", vae->config().to_json(), vae.get(), "diffusion_pytorch_model.safetensors"}}) {
-      fs::create_directories(staging / name);
-      write_file_atomic((staging / name / "config.json").string(), config);
-      save_module(*module, staging / name / weights);
-    }
-    fs::create_directories(staging / "scheduler");
-    write_file_atomic((staging / "scheduler" / "scheduler_config.json").string(), sd15_scheduler_config_json());
-    write_file_atomic((staging / "model_index.json").string(), diffusers_model_index_json());
-    fs::rename(staging, target);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+    write_model_parts(staging.string(), *text_encoder, *unet, *vae, sd15_scheduler_config_json(), at::kFloat);
+  });
 }
 
 std::shared_ptr<ModelBundle> random_model_bundle(Architecture architecture, const ExecutionOptions& execution,

@@ -10,6 +10,8 @@
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
+#include "singleinsert/core/safetensors.h"
+#include "singleinsert/core/staged_directory.h"
 #include "singleinsert/core/state_dict.h"
 #include "singleinsert/formats/ldm_checkpoint.h"
 
@@ -184,36 +186,34 @@ std::string sd15_scheduler_config_json() {
   return j.dump(2);
 }
 
+void write_model_parts(const std::string& directory, const ClipTextModelImpl& text_encoder,
+                       const UNet2DConditionModelImpl& unet, const AutoencoderKLImpl& vae,
+                       const std::string& scheduler_config_json, at::ScalarType dtype) {
+  const fs::path root(directory);
+  auto save = [&](const char* name, const std::string& config_json, const torch::nn::Module& module,
+                  const char* weights) {
+    fs::create_directories(root / name);
+    write_file_atomic((root / name / "config.json").string(), config_json);
+    NamedTensors tensors = state_dict(module);
+    for (auto& [key, tensor] : tensors) tensor = tensor.detach().to(at::kCPU, dtype).contiguous();
+    save_safetensors((root / name / weights).string(), tensors, {{"format", "pt"}});
+  };
+  save("text_encoder", text_encoder.config().to_json(), text_encoder, "model.safetensors");
+  save("unet", unet.config().to_json(), unet, "diffusion_pytorch_model.safetensors");
+  save("vae", vae.config().to_json(), vae, "diffusion_pytorch_model.safetensors");
+  fs::create_directories(root / "scheduler");
+  write_file_atomic((root / "scheduler" / "scheduler_config.json").string(), scheduler_config_json);
+  write_file_atomic((root / "model_index.json").string(), diffusers_model_index_json());
+}
+
 void save_model_folder(const ModelBundle& bundle, const std::string& directory, at::ScalarType dtype) {
-  fs::path target = fs::path(directory).lexically_normal();
-  if (!target.has_filename()) target = target.parent_path();
-  if (fs::exists(target)) throw Error(fmt::format("{}: already exists", directory));
-  std::random_device random;
-  const fs::path staging = fs::path(target.string() + fmt::format(".tmp-{:08x}", random()));
-  try {
+  write_directory_atomic(directory, [&](const fs::path& staging) {
     fs::create_directories(staging / "tokenizer");
     for (const auto& entry : fs::directory_iterator(bundle.tokenizer_path))
       if (entry.is_regular_file()) fs::copy_file(entry.path(), staging / "tokenizer" / entry.path().filename());
-    auto save = [&](const std::string& name, const std::string& config, const torch::nn::Module& module,
-                    const std::string& weights) {
-      fs::create_directories(staging / name);
-      write_file_atomic((staging / name / "config.json").string(), config);
-      NamedTensors tensors;
-      for (const auto& [key, tensor] : state_dict(module)) tensors.emplace_back(key, tensor.to(dtype));
-      save_safetensors((staging / name / weights).string(), tensors, {{"format", "pt"}});
-    };
-    save("text_encoder", bundle.text_encoder->config().to_json(), *bundle.text_encoder, "model.safetensors");
-    save("unet", bundle.unet->config().to_json(), *bundle.unet, "diffusion_pytorch_model.safetensors");
-    save("vae", bundle.vae->config().to_json(), *bundle.vae, "diffusion_pytorch_model.safetensors");
-    fs::create_directories(staging / "scheduler");
-    write_file_atomic((staging / "scheduler" / "scheduler_config.json").string(), bundle.scheduler_config.json().dump(2));
-    write_file_atomic((staging / "model_index.json").string(), diffusers_model_index_json());
-    fs::rename(staging, target);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+    write_model_parts(staging.string(), *bundle.text_encoder, *bundle.unet, *bundle.vae,
+                      bundle.scheduler_config.json().dump(2), dtype);
+  });
 }
 
 }  // namespace singleinsert

@@ -7,7 +7,6 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
@@ -15,6 +14,7 @@
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/safetensors.h"
+#include "singleinsert/core/staged_directory.h"
 #include "singleinsert/core/state_dict.h"
 #include "singleinsert/models/clip_text_model.h"
 #include "singleinsert/models/clip_tokenizer.h"
@@ -124,18 +124,14 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
                                      const ExecutionOptions& execution, c10::ScalarType save_dtype,
                                      const ProgressCallback& progress) {
   config.validate();
-  const fs::path target = fs::path(out_dir).lexically_normal();
-  if (fs::exists(target) && !fs::is_empty(target)) throw Error(fmt::format("{}: already exists", out_dir));
-  std::random_device random_name;
-  const fs::path staging = fs::path(target.string() + fmt::format(".tmp-{:08x}", random_name()));
   const auto started = std::chrono::system_clock::now();
   BaseTrainingSummary summary;
-  try {
+  write_directory_atomic(out_dir, [&](const fs::path& staging) {
     write_small_clip_tokenizer((staging / "tokenizer").string(), vocabulary);
     const ClipTokenizer tokenizer = ClipTokenizer::load((staging / "tokenizer").string());
     ClipTextConfig text_config = ClipTextConfig::from_json(JsonConfig::parse(config.text_encoder_config, "text_encoder"));
     text_config.vocab_size = tokenizer.vocab_size();
-    VaeConfig vae_config = VaeConfig::from_json(JsonConfig::parse(config.vae_config, "vae"));
+    const VaeConfig vae_config = VaeConfig::from_json(JsonConfig::parse(config.vae_config, "vae"));
     const UNetConfig unet_config = UNetConfig::from_json(JsonConfig::parse(config.unet_config, "unet"));
     if (config.resolution % vae_config.downsampling_factor() != 0)
       throw Error(fmt::format("train-base: resolution {} is not a multiple of the VAE's factor {}", config.resolution,
@@ -181,7 +177,7 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
       const CaptionedBatch probe = source(uint64_t{1} << 62, 64);
       summary.scaling_factor = 1.0 / vae->encode(probe.images.to(device)).mean.std().item<double>();
     }
-    vae_config.scaling_factor = summary.scaling_factor;
+    vae->set_scaling_factor(summary.scaling_factor);
 
     // Phase 2: text encoder and UNet, on latents of the frozen VAE.
     text_encoder->train();
@@ -217,20 +213,7 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
     if (!diffusion_losses.empty())
       std::tie(summary.diffusion_loss_first, summary.diffusion_loss_last) = first_and_last(diffusion_losses);
 
-    auto save = [&](const torch::nn::Module& module, const char* name, const std::string& config_json,
-                    const char* weights) {
-      fs::create_directories(staging / name);
-      write_file_atomic((staging / name / "config.json").string(), config_json);
-      NamedTensors tensors = state_dict(module);
-      for (auto& [key, tensor] : tensors) tensor = tensor.detach().to(at::kCPU, save_dtype).contiguous();
-      save_safetensors((staging / name / weights).string(), tensors, {{"format", "pt"}});
-    };
-    save(*text_encoder, "text_encoder", text_config.to_json(), "model.safetensors");
-    save(*unet, "unet", unet_config.to_json(), "diffusion_pytorch_model.safetensors");
-    save(*vae, "vae", vae_config.to_json(), "diffusion_pytorch_model.safetensors");
-    fs::create_directories(staging / "scheduler");
-    write_file_atomic((staging / "scheduler" / "scheduler_config.json").string(), sd15_scheduler_config_json());
-    write_file_atomic((staging / "model_index.json").string(), diffusers_model_index_json());
+    write_model_parts(staging.string(), *text_encoder, *unet, *vae, sd15_scheduler_config_json(), save_dtype);
     const nlohmann::json record = {
         {"started", std::chrono::duration_cast<std::chrono::seconds>(started.time_since_epoch()).count()},
         {"seed", config.seed},
@@ -245,14 +228,7 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
         {"scaling_factor", summary.scaling_factor},
         {"device", device.str()}};
     write_file_atomic((staging / "train_base.json").string(), record.dump(2));
-    if (fs::exists(target)) fs::remove(target);  // an empty folder
-    fs::create_directories(target.parent_path().empty() ? fs::path(".") : target.parent_path());
-    fs::rename(staging, target);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
+  });
   return summary;
 }
 

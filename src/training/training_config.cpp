@@ -33,14 +33,8 @@ void read_stage(const nlohmann::json& json, const char* key, StageConfig& stage,
 }  // namespace
 
 ClipVisionConfig TrainingConfig::vit_b32() {
-  ClipVisionConfig c;
-  c.encoder.hidden_size = 768;
-  c.encoder.intermediate_size = 3072;
-  c.encoder.num_hidden_layers = 12;
-  c.encoder.num_attention_heads = 12;
-  c.image_size = 224;
-  c.patch_size = 32;
-  c.projection_dim = 768;
+  ClipVisionConfig c;  // the struct's defaults are ViT-B/32's vision tower
+  c.projection_dim = 768;  // into the text encoder's width, where the * embedding lives
   return c;
 }
 

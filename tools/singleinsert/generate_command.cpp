@@ -12,6 +12,7 @@
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/io/generation_metadata.h"
+#include "singleinsert/io/plots.h"
 #include "singleinsert/io/png.h"
 #include "singleinsert/pipeline/concepts.h"
 #include "singleinsert/pipeline/model_bundle.h"
@@ -32,6 +33,7 @@ struct GenerateArgs {
   std::string initial_latents;
   std::vector<std::string> concepts, loras, embeddings;
   bool overwrite = false;
+  bool grid = false;
 };
 
 void run_generate(GenerateArgs& args) {
@@ -95,6 +97,13 @@ void run_generate(GenerateArgs& args) {
     images.back()["file"] = name;
     std::printf("%s\n", path.c_str());
   }
+  if (args.grid) {
+    // One row per prompt; captions only where a tile is wide enough to hold a readable line.
+    std::vector<at::Tensor> tiles;
+    for (int64_t i = 0; i < count; ++i) tiles.push_back(result.pixels[i]);
+    const std::vector<std::string> captions = options.width >= 256 ? result.prompts : std::vector<std::string>{};
+    write_png((fs::path(args.out) / "grid.png").string(), image_grid(tiles, options.images_per_prompt, captions));
+  }
   const nlohmann::json run = {{"command", "generate"},
                               {"model", args.model.model},
                               {"model_hash", model_hash},
@@ -142,6 +151,7 @@ void add_generate_command(CLI::App& app) {
   command->add_option("--height", args->options.height, "Image height (default: the model's native size)");
   command->add_option("--out", args->out, "Output folder for 0000.png, 0001.png, ... and run.json")->required();
   command->add_flag("--overwrite", args->overwrite, "Write into a folder that already has files");
+  command->add_flag("--grid", args->grid, "Also write grid.png: one row per prompt, one column per image");
   command->add_option("--device", args->device, "auto|cpu|cuda")->capture_default_str();
   command->add_option("--dtype", args->dtype, "fp32|fp16|bf16")->capture_default_str();
   command->add_option("--concept", args->concepts,

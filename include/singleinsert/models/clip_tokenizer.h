@@ -46,6 +46,10 @@ class ClipTokenizer {
   // GPT-2's reversible byte alphabet: the printable character (UTF-8) that stands for each byte.
   static std::vector<std::string> byte_alphabet();
 
+  // One BPE merge: every adjacent (first, second) in `symbols`, left to right, becomes one symbol.
+  static std::vector<std::string> merge_pair(const std::vector<std::string>& symbols, const std::string& first,
+                                             const std::string& second);
+
   int64_t bos_id() const { return bos_id_; }
   int64_t eos_id() const { return eos_id_; }
   int64_t pad_id() const { return pad_id_; }

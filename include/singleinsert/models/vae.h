@@ -93,6 +93,8 @@ class AutoencoderKLImpl : public torch::nn::Module {
   at::Tensor decode(const at::Tensor& latents, ActivationTrace* trace = nullptr);
 
   const VaeConfig& config() const { return config_; }
+  // The latent scale of a VAE trained here is measured after its training.
+  void set_scaling_factor(double scaling_factor) { config_.scaling_factor = scaling_factor; }
 
   VaeEncoder encoder{nullptr};
   VaeDecoder decoder{nullptr};

@@ -54,4 +54,10 @@ std::string sd15_scheduler_config_json();
 // Writes a bundle as a diffusers folder (configs, tokenizer files, weights in `dtype`), atomically.
 void save_model_folder(const ModelBundle& bundle, const std::string& directory, at::ScalarType dtype);
 
+// Writes text_encoder/, unet/ and vae/ (config.json and weights in `dtype`), scheduler/ and
+// model_index.json into `directory`: a diffusers folder but for its tokenizer.
+void write_model_parts(const std::string& directory, const ClipTextModelImpl& text_encoder,
+                       const UNet2DConditionModelImpl& unet, const AutoencoderKLImpl& vae,
+                       const std::string& scheduler_config_json, at::ScalarType dtype);
+
 }  // namespace singleinsert
