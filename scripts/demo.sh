@@ -62,6 +62,7 @@ echo "4/5 generate: $out/images/grid.png (rows: sunglasses, hat, green backgroun
 if [ "$model" = "$world_model" ]; then
   "$bin" eval concept --model "$model" --concept "$out/concept" --detector "$detector" \
     --source "$out/subject/samples.jsonl" --seeds 2 --steps 25 --json "$out/eval.json" | sed 's/^/   /' >&2
-  echo "5/5 measured (esr: share of edits shown; identity_distance: to the source, lower is closer): $out/eval.json" >&2
+  echo "5/5 measured (esr: share of edits shown; identity_distance: to the source, lower is closer, on the scale of" \
+    "the source face drawn perfectly (same_face) and other faces (other_faces)): $out/eval.json" >&2
 fi
 echo "demo output: $out (concept in $out/concept, loss curves in $out/concept/loss.png, grid in $out/images/grid.png)"

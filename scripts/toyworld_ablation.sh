@@ -2,7 +2,8 @@
 # The paper's ablation (Table 2) in the toy world: for held-out identities, stage I with the
 # full-image loss, with L_fg, and with L_fg + L_bg; stage II with and without L_sm after
 # L_fg + L_bg, and the stage II full-image baseline. Every concept is scored with `eval concept`;
-# per-run figures go to OUT/results.tsv and the mean per variant to OUT/table.md.
+# per-run figures go to OUT/results.tsv and the mean per variant to OUT/table.md, with the scale of
+# the identity distance (the source face rendered with the asked edits, and other faces).
 #   scripts/toyworld_ablation.sh [OUT] [IDENTITIES] [SEEDS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ detector=assets/world/world_detector.safetensors
 mkdir -p "$out"
 [ -d "$model/tokenizer" ] || "$bin" world --write-tokenizer "$model/tokenizer"  # generated, not stored
 results="$out/results.tsv"
-printf 'identity\tvariant\tesr\tidentity_distance\tbackground_leakage\tseconds\n' > "$results"
+printf 'identity\tvariant\tesr\tidentity_distance\tbackground_leakage\tseconds\tsame_face\tother_faces\n' > "$results"
 
 # timed COMMAND...: runs a training command and prints its wall time in seconds.
 timed() {
@@ -28,9 +29,11 @@ score() {  # score IDENTITY VARIANT CONCEPT SECONDS
   local figures
   figures=$("$bin" eval concept --model "$model" --concept "$3" --detector "$detector" \
     --source "$dir/subject/samples.jsonl" --seeds "$seeds" --steps 25 --json "$3.eval.json")
-  printf '%s\t%s\t%s\t%s\t%s\t%.1f\n' "$1" "$2" "$(awk '$1=="esr"{print $2}' <<<"$figures")" \
+  printf '%s\t%s\t%s\t%s\t%s\t%.1f\t%s\t%s\n' "$1" "$2" "$(awk '$1=="esr"{print $2}' <<<"$figures")" \
     "$(awk '$1=="identity_distance"{print $2}' <<<"$figures")" \
-    "$(awk '$1=="background_leakage"{print $2}' <<<"$figures")" "$4" >> "$results"
+    "$(awk '$1=="background_leakage"{print $2}' <<<"$figures")" "$4" \
+    "$(awk '$1=="identity_distance_same_face"{print $2}' <<<"$figures")" \
+    "$(awk '$1=="identity_distance_other_faces"{print $2}' <<<"$figures")" >> "$results"
 }
 
 for ((k = 0; k < identities; ++k)); do
@@ -59,10 +62,13 @@ for ((k = 0; k < identities; ++k)); do
   echo "identity $id done" >&2
 done
 
-awk -F'\t' 'NR > 1 { n[$2]++; esr[$2] += $3; d[$2] += $4; leak[$2] += $5; s[$2] += $6; if (!($2 in seen)) { seen[$2] = 1; order[++m] = $2 } }
+awk -F'\t' 'NR > 1 { n[$2]++; esr[$2] += $3; d[$2] += $4; leak[$2] += $5; s[$2] += $6; same += $7; other += $8; rows++
+    if (!($2 in seen)) { seen[$2] = 1; order[++m] = $2 } }
   END {
     print "| variant | ESR | identity distance | background leakage | wall time per stage |"
     print "|---|---|---|---|---|"
     for (i = 1; i <= m; ++i) { v = order[i]; printf "| %s | %.3f | %.3f | %.3f | %.0f s |\n", v, esr[v]/n[v], d[v]/n[v], leak[v]/n[v], s[v]/n[v] }
+    printf "| (the source face, rendered with the edits) | | %.3f | | |\n", same/rows
+    printf "| (other faces, rendered with the edits) | | %.3f | | |\n", other/rows
   }' "$results" > "$out/table.md"
 cat "$out/table.md"

@@ -10,6 +10,8 @@
 #include <filesystem>
 #include <fstream>
 
+#include <unistd.h>
+
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/safetensors.h"
@@ -115,7 +117,7 @@ TEST(Safetensors, ViewsOutliveTheFileObject) {
 
 TEST(StagedDirectory, AppearsWholeOrNotAtAll) {
   namespace fs = std::filesystem;
-  const fs::path root = fs::path(temp_path("staged"));
+  const fs::path root = fs::path(temp_path("staged_" + std::to_string(::getpid())));
   fs::remove_all(root);
   fs::create_directories(root);
   auto write_one = [](const fs::path& staging) { write_file_atomic((staging / "x.txt").string(), "1"); };

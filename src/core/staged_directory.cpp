@@ -20,7 +20,7 @@ void write_directory_atomic(const std::string& directory, const std::function<vo
   std::random_device random;
   const fs::path staging = fs::path(target.string() + fmt::format(".tmp-{:08x}", random()));
   try {
-    fs::create_directories(staging);
+    if (!fs::create_directory(staging)) throw Error(fmt::format("{}: already exists", staging.string()));
     fill(staging);
     if (fs::exists(target)) fs::remove(target);  // an empty folder
     fs::rename(staging, target);

@@ -1,18 +1,15 @@
 #include "singleinsert/pipeline/default_model.h"
 
 #include <ATen/ATen.h>
-#include <fmt/format.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <map>
 #include <set>
 
-#include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/staged_directory.h"
-#include "singleinsert/core/state_dict.h"
 #include "singleinsert/models/clip_text_model.h"
 #include "singleinsert/models/clip_tokenizer.h"
 #include "singleinsert/models/unet.h"

@@ -6,7 +6,6 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <random>
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"

@@ -1,5 +1,6 @@
 // singleinsert eval: world-aware metrics. `train-detector` trains and validates the attribute
-// detector; `adherence` measures how often a base model draws what its captions ask for.
+// detector; `adherence` measures how often a base model draws what its captions ask for; `concept`
+// scores a learned concept (editing success, identity distance with its scale, leakage).
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
@@ -27,6 +28,8 @@ namespace {
 
 // Scenes for measuring adherence: held-out identities, seeds no training run draws.
 constexpr uint64_t kAdherenceScenes = uint64_t{3} << 50;
+// Other held-out faces that put a concept's identity distance on a scale.
+constexpr uint64_t kReferenceFaces = uint64_t{5} << 50;
 
 void add_train_detector(CLI::App& eval) {
   struct Args {
@@ -191,10 +194,20 @@ void add_concept(CLI::App& eval) {
 
     int successes = 0, generations = 0, leaks = 0, recoloured = 0;
     double distance = 0;
+    // The scale of the identity distance: the edited scenes rendered with the source face (what a
+    // perfect concept would draw) and with other faces (what the class alone would draw).
+    std::vector<at::Tensor> same_face, other_face;
     nlohmann::json per_prompt = nlohmann::json::array();
     for (const EditingPrompt& prompt : editing_prompts(source)) {
       world::Scene wanted = source;
       for (const auto& edit : prompt.edits) world::apply_edit(wanted, edit);
+      same_face.push_back(world::render(wanted, world::WorldDetectorImpl::kInputSize).image);
+      for (int k = 0; k < args->seeds; ++k) {
+        world::Scene other = wanted;
+        other.face = world::sample_identity(world::kHeldOutIdentitySeed + kReferenceFaces +
+                                            static_cast<uint64_t>(other_face.size()));
+        other_face.push_back(world::render(other, world::WorldDetectorImpl::kInputSize).image);
+      }
       const std::vector<int64_t> labels = world::attribute_labels(wanted), before = world::attribute_labels(source);
       GenerateOptions options;
       options.prompts = {fmt::format(fmt::runtime(prompt.text), subject)};
@@ -226,14 +239,25 @@ void add_concept(CLI::App& eval) {
                             {"edits", prompt.edits},
                             {"success_rate", static_cast<double>(prompt_successes) / found.size()}});
     }
+    auto mean_distance = [&](const std::vector<at::Tensor>& renders) {
+      double sum = 0;
+      for (const world::Detection& found : world::detect(detector, at::stack(renders)))
+        sum += world::identity_distance(found, source_found);
+      return sum / static_cast<double>(renders.size());
+    };
     const nlohmann::json record = {{"concept", args->concept_dir},
                                    {"generations", generations},
                                    {"esr", static_cast<double>(successes) / generations},
                                    {"identity_distance", distance / generations},
+                                   {"identity_distance_same_face", mean_distance(same_face)},
+                                   {"identity_distance_other_faces", mean_distance(other_face)},
                                    {"background_leakage", recoloured ? static_cast<double>(leaks) / recoloured : 0.0},
                                    {"prompts", per_prompt}};
     std::printf("esr\t%.4f\nidentity_distance\t%.4f\nbackground_leakage\t%.4f\n", record["esr"].get<double>(),
                 record["identity_distance"].get<double>(), record["background_leakage"].get<double>());
+    std::printf("identity_distance_same_face\t%.4f\nidentity_distance_other_faces\t%.4f\n",
+                record["identity_distance_same_face"].get<double>(),
+                record["identity_distance_other_faces"].get<double>());
     if (!args->json.empty()) write_file_atomic(args->json, record.dump(2) + "\n");
   });
 }

@@ -19,7 +19,8 @@ const std::vector<std::string>& default_vocabulary_words();
 // byte-level BPE vocabulary containing `words` (lower-case ASCII) into `directory`.
 void write_small_clip_tokenizer(const std::string& directory, const std::vector<std::string>& words);
 
-// Creates the default model folder at `directory` (atomically: it appears whole or not at all).
+// Creates the default model folder at `directory` (atomically: it appears whole or not at all);
+// refuses a `directory` that has files.
 void create_default_model(const std::string& directory, uint64_t seed = 0);
 
 // The architectures models can be built from without weights files.
