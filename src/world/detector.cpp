@@ -20,17 +20,6 @@ namespace {
 constexpr int64_t kIgnore = -100;  // face attributes of a cup scene
 constexpr uint64_t kValidationScenes = uint64_t{1} << 50;
 
-// The sampling ranges of the hidden proportions (scene.cpp), for scaling them to [0, 1].
-struct Range {
-  double FaceIdentity::*field;
-  double lo, hi;
-};
-const Range kHidden[] = {{&FaceIdentity::head_aspect, 1.08, 1.42}, {&FaceIdentity::eye_spacing, 0.3, 0.52},
-                         {&FaceIdentity::eye_drop, 0.0, 0.25},     {&FaceIdentity::eye_size, 0.15, 0.27},
-                         {&FaceIdentity::eye_openness, 0.4, 0.9},  {&FaceIdentity::mouth_width, 0.25, 0.6},
-                         {&FaceIdentity::nose_length, 0.08, 0.25}, {&FaceIdentity::fringe_depth, 0.15, 0.5},
-                         {&FaceIdentity::fringe_tilt, -20.0, 20.0}};
-
 int64_t total_classes() {
   int64_t total = 0;
   for (const auto& head : attribute_heads()) total += head.classes;
@@ -108,14 +97,15 @@ std::vector<int64_t> attribute_labels(const Scene& scene) {
 
 at::Tensor identity_target(const FaceIdentity& face) {
   std::vector<float> values;
-  for (const Range& range : kHidden) values.push_back(static_cast<float>((face.*range.field - range.lo) / (range.hi - range.lo)));
-  auto one_hot = [&values](int index, int classes) {
-    for (int i = 0; i < classes; ++i) values.push_back(i == index ? 1.f : 0.f);
+  for (const HiddenProportion& hidden : kHiddenProportions)
+    values.push_back(static_cast<float>((face.*hidden.field - hidden.lo) / (hidden.hi - hidden.lo)));
+  auto one_hot = [&values](int index, size_t classes) {
+    for (size_t i = 0; i < classes; ++i) values.push_back(static_cast<size_t>(index) == i ? 1.f : 0.f);
   };
-  one_hot(face.skin, 4);
-  one_hot(face.hair_colour, 5);
-  one_hot(face.hair_style, 3);
-  one_hot(face.eye_colour, 3);
+  one_hot(face.skin, kSkinTones.size());
+  one_hot(face.hair_colour, kHairColours.size());
+  one_hot(face.hair_style, kHairStyles.size());
+  one_hot(face.eye_colour, kEyeColours.size());
   values.push_back(face.freckles ? 1.f : 0.f);
   return at::tensor(values, at::kFloat);
 }
@@ -140,8 +130,9 @@ std::vector<Detection> detect(WorldDetector& detector, const at::Tensor& images)
   std::vector<Detection> detections(static_cast<size_t>(images.size(0)));
   int64_t offset = 0;
   for (const auto& head : attribute_heads()) {
-    const at::Tensor predicted = out.slice(1, offset, offset + head.classes).argmax(1);
-    for (size_t b = 0; b < detections.size(); ++b) detections[b].attributes[head.name] = predicted[b].item<int64_t>();
+    const at::Tensor predicted = out.slice(1, offset, offset + head.classes).argmax(1).cpu();  // one copy per head
+    const auto classes = predicted.accessor<int64_t, 1>();
+    for (size_t b = 0; b < detections.size(); ++b) detections[b].attributes[head.name] = classes[static_cast<int64_t>(b)];
     offset += head.classes;
   }
   for (size_t b = 0; b < detections.size(); ++b) detections[b].identity = out[b].slice(0, offset).clone();
@@ -193,7 +184,6 @@ DetectorValidation validate_detector(WorldDetector& detector, int samples, uint6
   for (int first = 0; first < samples; first += 64) {
     const int count = std::min(64, samples - first);
     const Batch batch = render_batch(seed + static_cast<uint64_t>(first), count, true, generator, false);
-    std::vector<at::Tensor> images;
     const at::Tensor pixels = ((batch.images + 1.0) * 127.5).round().clamp(0, 255).to(at::kByte).permute({0, 2, 3, 1});
     const std::vector<Detection> detections = detect(detector, pixels);
     for (int b = 0; b < count; ++b) {
@@ -218,7 +208,8 @@ DetectorValidation validate_detector(WorldDetector& detector, int samples, uint6
     a.face = b.face = sample_identity(kHeldOutIdentitySeed + s);
     c.face = sample_identity(kHeldOutIdentitySeed + s + 3);
     const std::vector<Detection> d = detect(
-        detector, at::stack({render(a, 64).image, render(b, 64).image, render(c, 64).image}));
+        detector, at::stack({render(a, WorldDetectorImpl::kInputSize).image, render(b, WorldDetectorImpl::kInputSize).image,
+                             render(c, WorldDetectorImpl::kInputSize).image}));
     same.push_back(identity_distance(d[0], d[1]));
     different.push_back(identity_distance(d[0], d[2]));
   }

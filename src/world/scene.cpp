@@ -21,6 +21,12 @@ const std::vector<std::string> kPatterns = {"plain", "striped", "dotted"};
 const std::vector<std::string> kPositions = {"left", "centre", "right"};
 const std::vector<std::string> kSizes = {"small", "medium", "large"};
 const std::vector<std::string> kObjectColours = {"red", "blue", "green", "yellow", "white", "black"};
+const std::vector<HiddenProportion> kHiddenProportions = {
+    {&FaceIdentity::head_aspect, 1.08, 1.42}, {&FaceIdentity::eye_spacing, 0.3, 0.52},
+    {&FaceIdentity::eye_drop, 0.0, 0.25},     {&FaceIdentity::eye_size, 0.15, 0.27},
+    {&FaceIdentity::eye_openness, 0.4, 0.9},  {&FaceIdentity::mouth_width, 0.25, 0.6},
+    {&FaceIdentity::nose_length, 0.08, 0.25}, {&FaceIdentity::fringe_depth, 0.15, 0.5},
+    {&FaceIdentity::fringe_tilt, -20.0, 20.0}};
 
 namespace {
 
@@ -67,15 +73,7 @@ FaceIdentity sample_identity(uint64_t seed) {
   face.hair_style = random.pick(kHairStyles.size());
   face.eye_colour = random.pick(kEyeColours.size());
   face.freckles = random.chance(0.4);
-  face.head_aspect = random.uniform(1.08, 1.42);
-  face.eye_spacing = random.uniform(0.3, 0.52);
-  face.eye_drop = random.uniform(0.0, 0.25);
-  face.eye_size = random.uniform(0.15, 0.27);
-  face.eye_openness = random.uniform(0.4, 0.9);
-  face.mouth_width = random.uniform(0.25, 0.6);
-  face.nose_length = random.uniform(0.08, 0.25);
-  face.fringe_depth = random.uniform(0.15, 0.5);
-  face.fringe_tilt = random.uniform(-20.0, 20.0);
+  for (const HiddenProportion& hidden : kHiddenProportions) face.*hidden.field = random.uniform(hidden.lo, hidden.hi);
   for (int c = 0; c < 3; ++c) face.skin_shift[c] = random.pick(25) - 12;
   for (int c = 0; c < 3; ++c) face.hair_shift[c] = random.pick(25) - 12;
   face.freckle_seed = random.next();

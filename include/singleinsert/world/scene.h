@@ -43,6 +43,14 @@ struct FaceIdentity {
   uint64_t freckle_seed = 0;
 };
 
+// The proportions words do not name, each drawn uniformly from [lo, hi] by sample_identity (in
+// this order); the detector scales them to [0, 1] with the same ranges.
+struct HiddenProportion {
+  double FaceIdentity::*field;
+  double lo, hi;
+};
+extern const std::vector<HiddenProportion> kHiddenProportions;
+
 enum class Subject { kFace, kCup };
 
 struct Scene {
