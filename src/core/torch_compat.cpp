@@ -24,9 +24,10 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   const auto q = query.reshape({batch * heads, query.size(2), query.size(3)});
   const auto k = key.reshape({batch * heads, key.size(2), key.size(3)});
   const auto v = value.reshape({batch * heads, value.size(2), value.size(3)});
-  // baddbmm with beta=0 never reads its first argument; alpha applies the scale inside the
-  // GEMM exactly as diffusers' get_attention_scores does.
-  at::Tensor scores = at::baddbmm(at::empty({q.size(0), q.size(1), k.size(1)}, q.options()), q,
+  // alpha applies the scale inside the GEMM exactly as diffusers' get_attention_scores does. The
+  // first argument is zeros, not diffusers' empty: with beta=0 it should not be read, but some
+  // CPU kernels multiply it by 0 anyway, and uninitialised NaNs then leak into the scores.
+  at::Tensor scores = at::baddbmm(at::zeros({q.size(0), q.size(1), k.size(1)}, q.options()), q,
                                   k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
   if (additive_mask.has_value())
     scores = (scores.view({batch, heads, q.size(1), k.size(1)}) + *additive_mask).view_as(scores);
