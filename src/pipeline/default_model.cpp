@@ -153,13 +153,18 @@ std::shared_ptr<ModelBundle> random_model_bundle(Architecture architecture, cons
       UNet2DConditionModel(full ? UNetConfig::sd15() : default_unet(text_config.encoder.hidden_size)),
       AutoencoderKL(full ? VaeConfig() : default_vae()), JsonConfig::parse(sd15_scheduler_config_json(), "sd15 scheduler"),
       execution, ""});
-  at::Generator generator = make_cpu_generator(seed);
+  // Initialised on the device itself: a GPU fills a billion parameters in a blink, where the
+  // CPU would take most of a minute and then copy them over.
+  at::Generator generator = make_device_generator(execution.device, seed);
   const auto modules =
       std::initializer_list<torch::nn::Module*>{bundle->text_encoder.get(), bundle->unet.get(), bundle->vae.get()};
-  for (torch::nn::Module* module : modules) init_parameters(*module, generator);
+  for (torch::nn::Module* module : modules) {
+    module->to(execution.device);
+    init_parameters(*module, generator);
+  }
   init_clip_embeddings(*bundle->text_encoder, generator);
   for (torch::nn::Module* module : modules) {
-    module->to(execution.device, execution.dtype);
+    module->to(execution.dtype);
     module->eval();
     for (auto& parameter : module->parameters()) parameter.set_requires_grad(false);
   }

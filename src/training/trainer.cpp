@@ -15,17 +15,6 @@
 #include <optional>
 
 namespace singleinsert {
-namespace {
-
-// SplitMix64 of (seed, stage, step): independent streams per step, so resuming needs no RNG state.
-uint64_t step_seed(uint64_t seed, int stage, int step) {
-  uint64_t z = seed ^ (static_cast<uint64_t>(stage) << 56) ^ static_cast<uint64_t>(step) * 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
-}  // namespace
 
 std::map<std::string, AdaptableLayer*> singleinsert_lora_targets(UNet2DConditionModelImpl& unet,
                                                                  ClipTextModelImpl& text_encoder) {

@@ -130,7 +130,9 @@ std::vector<double> time_training(ModelBundle& bundle, const BenchOptions& o, in
   ClipVisionConfig encoder_config = config.encoder;
   encoder_config.projection_dim = bundle.text_encoder->config().encoder.hidden_size;
   ClipVisionModel encoder(encoder_config);
-  encoder->init_like_openai(generator);
+  encoder->to(bundle.execution.device);
+  at::Generator device_generator = make_device_generator(bundle.execution.device, 0);
+  encoder->init_like_openai(device_generator);
   bundle.tokenizer.add_token("*");
   bundle.text_encoder->resize_token_embeddings(bundle.tokenizer.vocab_size());
   SingleInsertTrainer trainer(base_model(bundle), encoder, config, source,
