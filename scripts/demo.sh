@@ -61,8 +61,11 @@ echo "3/5 stage II (finetune): $out/concept" >&2
 echo "4/5 generate: $out/images/grid.png (rows: sunglasses, hat, green background, a cup beside; 0000.png ... 0007.png)" >&2
 if [ "$model" = "$world_model" ]; then
   "$bin" eval concept --model "$model" --concept "$out/concept" --detector "$detector" \
-    --source "$out/subject/samples.jsonl" --seeds 2 --steps 25 --json "$out/eval.json" | sed 's/^/   /' >&2
-  echo "5/5 measured (esr: share of edits shown; identity_distance: to the source, lower is closer, on the scale of" \
-    "the source face drawn perfectly (same_face) and other faces (other_faces)): $out/eval.json" >&2
+    --source "$out/subject/samples.jsonl" --seeds 2 --steps 25 --overfit-steps 0 --json "$out/eval.json" |
+    grep -E '^(esr|closeness_(whole|named|hidden)|text_esr|text_closeness_(whole|hidden)|vae_ceiling_closeness_whole|novel_view_success)\b' |
+    sed 's/^/   /' >&2
+  echo "5/5 measured: esr = share of edits shown; closeness = how near the drawn face is to the source (1: as the" \
+    "source itself, 0: as other faces), whole and in its hidden part (what words cannot say); text_ = the same" \
+    "prompts with the face's attributes in words instead of the concept: $out/eval.json" >&2
 fi
 echo "demo output: $out (concept in $out/concept, loss curves in $out/concept/loss.png, grid in $out/images/grid.png)"

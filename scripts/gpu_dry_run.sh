@@ -70,4 +70,5 @@ for run in ("short_bf16", "short_fp32", "rest_fp32", "rest_bf16"):
 print("ok: figures.json has every stage, %d parity tests passed, bench runs %s" % (f["tests"]["tests"], sorted(f["bench"])))
 EOF
 ls "$out"
+rm -rf .deps/gpu/prefix  # unpacked by the guards stage; it must not travel (44 MiB)
 exit $status

@@ -41,7 +41,9 @@ for part in "${golden_parts[@]}"; do
 done
 printf '%s\n' "${golden_parts[@]}" > "$out/golden/PARTS"
 
-# The upload: what git would not ignore, plus the carried folder.
+# The upload: what git would not ignore, plus the carried folder (without the prefix a dry run
+# unpacked: the GPU machine unpacks its own, and it would put the upload over the limit).
+rm -rf "$out/prefix"
 tree_bytes=$( (git ls-files -z --cached --others --exclude-standard | xargs -0 -r stat -c %s 2>/dev/null || true) |
   awk '{ s += $1 } END { print s + 0 }')
 carry_bytes=$(du -sb "$out" | cut -f1)

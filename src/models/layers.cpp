@@ -91,7 +91,13 @@ GroupNormImpl::GroupNormImpl(int64_t groups_, int64_t channels, double eps_, boo
   }
 }
 
-at::Tensor GroupNormImpl::forward(const at::Tensor& x) { return at::group_norm(x, groups, weight, bias, eps); }
+at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
+  // Under autocast a bf16 activation meets float32 weights (weights being trained); normalise in
+  // float32 then, as autocast does for norms on CUDA (LibTorch 1.13's CPU autocast does not).
+  if (weight.defined() && x.scalar_type() != weight.scalar_type())
+    return at::group_norm(x.to(weight.scalar_type()), groups, weight, bias, eps);
+  return at::group_norm(x, groups, weight, bias, eps);
+}
 
 void GroupNormImpl::init_parameters(at::Generator&) {
   at::NoGradGuard no_grad;
@@ -106,7 +112,11 @@ LayerNormImpl::LayerNormImpl(int64_t dim_, double eps_, bool affine) : dim(dim_)
   }
 }
 
-at::Tensor LayerNormImpl::forward(const at::Tensor& x) { return at::layer_norm(x, {dim}, weight, bias, eps); }
+at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
+  if (weight.defined() && x.scalar_type() != weight.scalar_type())  // as GroupNorm under autocast
+    return at::layer_norm(x.to(weight.scalar_type()), {dim}, weight, bias, eps);
+  return at::layer_norm(x, {dim}, weight, bias, eps);
+}
 
 void LayerNormImpl::init_parameters(at::Generator&) {
   at::NoGradGuard no_grad;

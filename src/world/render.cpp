@@ -24,9 +24,9 @@ const cv::Scalar kObjectRgb[] = {{210, 40, 40}, {40, 70, 210}, {40, 160, 60}, {2
 const cv::Scalar kDark(24, 24, 34);
 const cv::Scalar kGold(236, 190, 50);
 
-cv::Scalar shifted(const cv::Scalar& colour, const int (&shift)[3]) {
+cv::Scalar shifted(const cv::Scalar& colour, double shade) {
   cv::Scalar out;
-  for (int c = 0; c < 3; ++c) out[c] = std::clamp(colour[c] + shift[c], 0.0, 255.0);
+  for (int c = 0; c < 3; ++c) out[c] = std::clamp(colour[c] + shade, 0.0, 255.0);
   return out;
 }
 cv::Scalar scaled(const cv::Scalar& colour, double factor) {
@@ -101,97 +101,163 @@ void draw_background(cv::Mat& image, const Scene& scene, double s) {
   }
 }
 
-void draw_cup(Painter& paint, double cx, double base_y, double scale, const cv::Scalar& colour, double s) {
-  const double top = 0.085 * s * scale, bottom = 0.068 * s * scale, height = 0.2 * s * scale;
+cv::Scalar band_colour(const cv::Scalar& colour) {  // lighter on dark cups, darker on light ones
+  const double luma = 0.3 * colour[0] + 0.59 * colour[1] + 0.11 * colour[2];
+  return luma > 150 ? scaled(colour, 0.5) : towards_white(colour, 0.6);
+}
+
+// A cup standing on base_y; `scale` 1 is the size of a cup beside a face.
+void draw_cup(Painter& paint, const CupIdentity& cup, double cx, double base_y, double scale, double s) {
+  const cv::Scalar colour = kObjectRgb[cup.colour];
+  const double bottom = 0.07 * s * scale, top = bottom * cup.taper, height = 0.2 * s * scale * cup.height;
   const double rim_y = base_y - height;
-  paint.ellipse(cx + top * 0.95, rim_y + height * 0.45, 0.05 * s * scale, 0.065 * s * scale, colour, 0, 0, 360,
-                std::max(2, static_cast<int>(0.022 * s * scale)));  // handle
+  auto half_width_at = [&](double t) { return top + (bottom - top) * t; };  // t: 0 at the rim, 1 at the base
+  const double handle_y = rim_y + height * cup.handle_height;
+  const double handle_x = cx + half_width_at(cup.handle_height) * 0.92;
+  paint.ellipse(handle_x, handle_y, 0.045 * s * scale * cup.handle_size, 0.06 * s * scale * cup.handle_size, colour, 0,
+                0, 360, std::max(2, static_cast<int>(std::lround(0.024 * s * scale))));
   paint.polygon({{cx - top, rim_y}, {cx + top, rim_y}, {cx + bottom, base_y}, {cx - bottom, base_y}}, colour);
   paint.ellipse(cx, base_y, bottom, 0.018 * s * scale, colour);
+  const double t0 = std::max(0.08, cup.band_position - cup.band_width / 2), t1 = std::min(0.95, cup.band_position + cup.band_width / 2);
+  const double y0 = rim_y + height * t0, y1 = rim_y + height * t1;
+  paint.polygon({{cx - half_width_at(t0), y0}, {cx + half_width_at(t0), y0}, {cx + half_width_at(t1), y1},
+                 {cx - half_width_at(t1), y1}},
+                band_colour(colour));
   paint.ellipse(cx, rim_y, top, 0.022 * s * scale, scaled(colour, 0.6));  // the opening
 }
 
-void draw_face(Painter& paint, const Scene& scene, double cx, double cy, double w, double s) {
+// Where a point of the frontal face lands when the head turns: a point at u (-1..1, in units of
+// the half-width) sits on a vertical cylinder at angle asin(u); turning left by `yaw` moves it to
+// x = sin(asin(u) - yaw), and it faces the viewer while cos(asin(u) - yaw) > 0.
+struct Projected {
+  double x, facing;
+};
+Projected project(double u, double yaw) {
+  const double a = std::asin(std::clamp(u, -1.0, 1.0)) - yaw;
+  return {std::sin(a), std::cos(a)};
+}
+
+constexpr double kViewYaw[] = {0.0, 0.61, -0.61, 1.4};  // frontal, turned left, turned right, profile (radians)
+
+// `unit` is the scene's face size: features scale with it, while head_width and head_aspect
+// shape the head around them (so a wide head is not a large face).
+void draw_face(Painter& paint, const Scene& scene, double cx, double cy, double unit, double s) {
   const FaceIdentity& f = scene.face;
-  const double h = w * f.head_aspect;
+  const double w = unit * f.head_width, h = unit * f.head_aspect;
+  const double yaw = kViewYaw[scene.view], turn = std::sin(yaw);
   const int line = std::max(1, static_cast<int>(std::lround(s / 110)));
-  const cv::Scalar skin = shifted(kSkinRgb[f.skin], f.skin_shift);
-  const cv::Scalar hair = shifted(kHairRgb[f.hair_colour], f.hair_shift);
+  const cv::Scalar skin = shifted(kSkinRgb[f.skin], f.skin_shade);
+  const cv::Scalar hair = shifted(kHairRgb[f.hair_colour], f.hair_shade);
+  const double back = 0.12 * w * turn;  // the back of the head shows on the side away from the turn
 
   // Hair behind the head.
   if (f.hair_style == 1) {
-    paint.polygon({{cx - 1.14 * w, cy - 0.2 * h}, {cx + 1.14 * w, cy - 0.2 * h}, {cx + 1.2 * w, cy + 1.05 * h},
-                   {cx - 1.2 * w, cy + 1.05 * h}},
+    paint.polygon({{cx + back - 1.14 * w, cy - 0.2 * h}, {cx + back + 1.14 * w, cy - 0.2 * h},
+                   {cx + back + 1.2 * w, cy + 1.05 * h}, {cx + back - 1.2 * w, cy + 1.05 * h}},
                   hair);
   } else if (f.hair_style == 2) {
     for (int i = 0; i <= 10; ++i) {
       const double a = (150.0 + 24.0 * i) * M_PI / 180.0;
-      paint.circle(cx + 1.02 * w * std::cos(a), cy + 0.98 * h * std::sin(a) - 0.05 * h, 0.26 * w, hair);
+      paint.circle(cx + back + 1.02 * w * std::cos(a), cy + 0.98 * h * std::sin(a) - 0.05 * h, 0.28 * w, hair);
     }
   }
-  paint.ellipse(cx, cy, 1.08 * w, 1.06 * h, hair, 0, 180, 360);  // the hair's crown
-  // Ears, then earrings hanging below them.
-  for (int side : {-1, 1}) paint.ellipse(cx + side * 0.97 * w, cy + 0.08 * h, 0.13 * w, 0.2 * h, scaled(skin, 0.93));
-  if (scene.earrings)
-    for (int side : {-1, 1}) {
-      paint.line(cx + side * 0.99 * w, cy + 0.26 * h, cx + side * 0.99 * w, cy + 0.36 * h, kGold, line);
-      paint.circle(cx + side * 0.99 * w, cy + 0.42 * h, 0.085 * w, kGold);
-    }
+  paint.ellipse(cx + back, cy, 1.08 * w, 1.06 * h, hair, 0, 180, 360);  // the hair's crown
+  // Ears facing the viewer: at the outline of a frontal head they sit behind the face; on a
+  // turned head the visible ear is on the cheek, in front of it. Earrings hang below them, always
+  // in sight.
+  std::vector<double> ears;
+  for (int side : {-1, 1}) {
+    const Projected ear = project(side * 1.0, yaw);
+    if (ear.facing > -0.05) ears.push_back(cx + ear.x * w * 0.97);
+  }
+  auto draw_ears = [&](bool on_the_cheek) {
+    for (double ex : ears)
+      if ((std::abs(ex - cx) < 0.9 * w) == on_the_cheek) paint.ellipse(ex, cy + 0.08 * h, 0.14 * w, 0.2 * h, scaled(skin, 0.9));
+  };
+  draw_ears(false);
   paint.ellipse(cx, cy + 0.04 * h, w, h, skin);
-  // The fringe, from the crown down to fringe_depth, slanted at the parting.
+  draw_ears(true);
+  if (scene.earrings)
+    for (double ex : ears) {
+      paint.line(ex, cy + 0.26 * h, ex, cy + 0.36 * h, kGold, line);
+      paint.circle(ex, cy + 0.43 * h, 0.13 * unit, kGold);
+    }
+  // The fringe, from the crown down to fringe_depth, slanted at the parting; it turns with the face.
   const double crown = cy - 1.06 * h, fringe_bottom = cy - 0.96 * h + 1.4 * f.fringe_depth * h;
-  paint.ellipse(cx, (crown + fringe_bottom) / 2, 1.0 * w, (fringe_bottom - crown) / 2, hair, f.fringe_tilt);
+  paint.ellipse(cx - 0.3 * w * turn, (crown + fringe_bottom) / 2, w * (1.0 - 0.25 * std::abs(turn)),
+                (fringe_bottom - crown) / 2, hair, f.fringe_tilt);
 
   const double eye_y = cy + f.eye_drop * h;
-  const double eye_w = f.eye_size * w;
-  const double eye_h = eye_w * f.eye_openness * (scene.expression == 2 ? 1.3 : 1.0);
+  const double eye_w = f.eye_size * unit;
+  const double eye_h = eye_w * 0.62 * (scene.expression == 2 ? 1.3 : 1.0);
+  struct Eye {
+    double x, width;
+  };
+  std::vector<Eye> eyes;
   for (int side : {-1, 1}) {
-    const double ex = cx + side * f.eye_spacing * w;
-    paint.line(ex - eye_w, eye_y - eye_h - 0.09 * h, ex + eye_w, eye_y - eye_h - 0.09 * h - side * 0.02 * h,
-               scaled(hair, 0.8), line + 1);  // eyebrow
-    paint.ellipse(ex, eye_y, eye_w, eye_h, cv::Scalar(250, 250, 250));
-    const double iris = std::min(eye_h * 0.9, eye_w * 0.6);
-    paint.circle(ex, eye_y, iris, kEyeRgb[f.eye_colour]);
-    paint.circle(ex, eye_y, iris * 0.45, cv::Scalar(10, 10, 10));
+    const Projected eye = project(side * f.eye_spacing * unit / w, yaw);
+    if (eye.facing > 0.25) eyes.push_back({cx + eye.x * w, eye_w * eye.facing});
   }
+  for (const Eye& eye : eyes) {
+    paint.line(eye.x - eye.width, eye_y - eye_h - 0.09 * h, eye.x + eye.width, eye_y - eye_h - 0.09 * h,
+               scaled(hair, 0.8), line + 1);  // eyebrow
+    paint.ellipse(eye.x, eye_y, eye.width, eye_h, cv::Scalar(250, 250, 250));
+    const double iris = std::min(eye_h * 0.9, eye.width * 0.62);
+    paint.circle(eye.x - 0.25 * eye.width * turn, eye_y, iris, kEyeRgb[f.eye_colour]);
+    paint.circle(eye.x - 0.3 * eye.width * turn, eye_y, iris * 0.45, cv::Scalar(10, 10, 10));
+  }
+  // The nose: a shaded line from between the eyes, pointing where the face looks; in profile a
+  // bump beyond the cheek's outline.
   const cv::Scalar shade = scaled(skin, 0.72);
-  paint.line(cx, eye_y + 0.05 * h, cx + 0.06 * w, eye_y + f.nose_length * h, shade, line);
-  paint.line(cx + 0.06 * w, eye_y + f.nose_length * h, cx - 0.04 * w, eye_y + f.nose_length * h + 0.02 * h, shade, line);
+  const double nose_x = cx + project(0.0, yaw).x * w, nose_tip_y = eye_y + f.nose_length * h;
+  const double tip_x = nose_x + (0.06 - 0.3 * turn) * unit;
+  if (scene.view == 3)
+    paint.polygon({{nose_x + 0.05 * w, eye_y + 0.02 * h}, {tip_x, nose_tip_y}, {nose_x + 0.05 * w, nose_tip_y + 0.04 * h}},
+                  skin);
+  paint.line(nose_x, eye_y + 0.05 * h, tip_x, nose_tip_y, shade, line);
+  paint.line(tip_x, nose_tip_y, tip_x + 0.1 * w * (turn > 0.2 ? 1 : -1), nose_tip_y + 0.02 * h, shade, line);
   if (f.freckles) {
     Random random(f.freckle_seed);
-    for (int i = 0; i < 14; ++i) {
+    for (int i = 0; i < 10; ++i) {
       const double side = i % 2 == 0 ? -1.0 : 1.0;
-      paint.circle(cx + side * random.uniform(0.22, 0.7) * w, eye_y + random.uniform(0.12, 0.34) * h,
-                   std::max(0.8, s / 180), scaled(skin, 0.66));
+      const Projected spot = project(side * random.uniform(0.25, 0.7) * unit / w, yaw);
+      const double y = eye_y + random.uniform(0.14, 0.34) * h;
+      if (spot.facing > 0.2) paint.circle(cx + spot.x * w, y, std::max(1.1, s / 55), scaled(skin, 0.6));
     }
   }
-  const double mouth_y = eye_y + f.nose_length * h + 0.2 * h, mouth_w = f.mouth_width * w;
+  const Projected mouth = project(0.0, yaw);
+  const double mouth_x = cx + mouth.x * w * 0.92, mouth_y = nose_tip_y + 0.2 * h;
+  const double mouth_w = f.mouth_width * unit * std::max(0.35, mouth.facing);
   const cv::Scalar lips(150, 40, 46);
   if (scene.expression == 1) {
-    paint.ellipse(cx, mouth_y - 0.06 * h, mouth_w, 0.14 * h, lips, 0, 15, 165, line + 1);
+    paint.ellipse(mouth_x, mouth_y - 0.1 * h, mouth_w, 0.2 * h, lips, 0, 15, 165, line + 1);  // a deep smile
   } else if (scene.expression == 2) {
-    paint.ellipse(cx, mouth_y, 0.32 * mouth_w, 0.1 * h, lips);
+    paint.ellipse(mouth_x, mouth_y, 0.4 * mouth_w + 0.06 * unit, 0.13 * h, lips);  // an open "O"
   } else {
-    paint.line(cx - mouth_w, mouth_y, cx + mouth_w, mouth_y, lips, line + 1);
+    paint.line(mouth_x - mouth_w, mouth_y, mouth_x + mouth_w, mouth_y, lips, line + 1);
   }
   if (scene.sunglasses) {
-    for (int side : {-1, 1})
-      paint.ellipse(cx + side * f.eye_spacing * w, eye_y, eye_w * 1.45 + 0.04 * w, eye_w * 1.05 + 0.03 * w, kDark);
-    paint.line(cx - f.eye_spacing * w + eye_w, eye_y - 0.02 * h, cx + f.eye_spacing * w - eye_w, eye_y - 0.02 * h, kDark,
-               line + 1);
-    for (int side : {-1, 1})
-      paint.line(cx + side * (f.eye_spacing * w + eye_w * 1.4), eye_y - 0.02 * h, cx + side * 0.99 * w, eye_y - 0.06 * h,
-                 kDark, line + 1);
+    for (const Eye& eye : eyes)
+      paint.ellipse(eye.x, eye_y, eye.width * 1.45 + 0.04 * unit, eye_w * 1.05 + 0.03 * unit, kDark);
+    if (eyes.size() == 2)
+      paint.line(eyes[0].x + eyes[0].width, eye_y - 0.02 * h, eyes[1].x - eyes[1].width, eye_y - 0.02 * h, kDark,
+                 line + 1);
+    for (double ex : eyes.empty() ? std::vector<double>{} : ears) {  // from the nearer lens to each visible ear
+      const Eye& lens = std::abs(eyes.front().x - ex) < std::abs(eyes.back().x - ex) ? eyes.front() : eyes.back();
+      const double edge = lens.x + (ex > lens.x ? 1 : -1) * lens.width * 1.4;
+      paint.line(edge, eye_y - 0.02 * h, ex, eye_y - 0.06 * h, kDark, line + 1);
+    }
   }
   if (scene.hat) {
     const cv::Scalar colour = kObjectRgb[scene.hat_colour];
-    paint.polygon({{cx - 0.78 * w, cy - 0.8 * h}, {cx + 0.78 * w, cy - 0.8 * h}, {cx + 0.68 * w, cy - 1.5 * h},
-                   {cx - 0.68 * w, cy - 1.5 * h}},
+    const double hx = cx + back * 0.5;
+    paint.polygon({{hx - 0.78 * w, cy - 0.8 * h}, {hx + 0.78 * w, cy - 0.8 * h}, {hx + 0.68 * w, cy - 1.5 * h},
+                   {hx - 0.68 * w, cy - 1.5 * h}},
                   colour);
-    paint.polygon({{cx - 0.79 * w, cy - 0.8 * h}, {cx + 0.79 * w, cy - 0.8 * h}, {cx + 0.77 * w, cy - 0.95 * h},
-                   {cx - 0.77 * w, cy - 0.95 * h}},
+    paint.polygon({{hx - 0.79 * w, cy - 0.8 * h}, {hx + 0.79 * w, cy - 0.8 * h}, {hx + 0.77 * w, cy - 0.95 * h},
+                   {hx - 0.77 * w, cy - 0.95 * h}},
                   scaled(colour, 0.6));  // band
-    paint.ellipse(cx, cy - 0.8 * h, 1.5 * w, 0.13 * h, colour);  // brim
+    paint.ellipse(hx, cy - 0.8 * h, 1.5 * w, 0.13 * h, colour);  // brim
   }
 }
 
@@ -204,18 +270,18 @@ WorldSample render(const Scene& scene, int size) {
   cv::Mat mask(size, size, CV_8UC1, cv::Scalar(0));
   draw_background(image, scene, s);
   Painter paint(image, mask);
-  const double scale = scene.size == 0 ? 0.75 : scene.size == 2 ? 1.2 : 1.0;
-  double face_x = scene.position == 0 ? 0.32 : scene.position == 2 ? 0.68 : 0.5;
+  const double scale = scene.size == 0 ? 0.75 : scene.size == 2 ? 1.22 : 1.0;
+  double face_x = scene.position == 0 ? 0.31 : scene.position == 2 ? 0.69 : 0.5;
   if (scene.subject == Subject::kCup) {
     paint.set_subject(true);
-    draw_cup(paint, face_x * s, 0.84 * s, 1.7 * scale, kObjectRgb[scene.cup_colour], s);
+    draw_cup(paint, scene.cup_identity, face_x * s, 0.86 * s, 1.7 * scale, s);
   } else {
     if (scene.cup) {  // the cup stands on the side with more room, and is background for the mask
-      if (scene.position == 1) face_x = 0.4;
-      draw_cup(paint, (face_x < 0.5 ? 0.8 : 0.2) * s, 0.88 * s, 1.0, kObjectRgb[scene.cup_colour], s);
+      if (scene.position == 1) face_x = 0.38;
+      draw_cup(paint, scene.cup_identity, (face_x < 0.5 ? 0.81 : 0.19) * s, 0.9 * s, 1.25, s);
     }
     paint.set_subject(true);
-    draw_face(paint, scene, face_x * s, 0.53 * s, 0.17 * s * scale, s);
+    draw_face(paint, scene, face_x * s, 0.56 * s, 0.2 * s * scale, s);
   }
   WorldSample sample;
   sample.image = at::from_blob(image.data, {size, size, 3}, at::kByte).clone();

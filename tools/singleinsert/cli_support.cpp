@@ -26,14 +26,15 @@ void ProgressLine::operator()(const ProgressReport& report) {
   if (report.stage != stage_) {
     finish();
     stage_ = report.stage;
-    // Rate and ETA count from the stage's first report.
+    // Rate and ETA count from the stage's first report (a resumed run starts past step 1).
     stage_start_ = report.elapsed_seconds;
+    stage_first_step_ = report.step;
   }
   const double stage_elapsed = report.elapsed_seconds - stage_start_;
   std::string line = fmt::format("{} {}/{}", report.stage, report.step, report.total);
   for (const auto& [name, value] : report.values) line += fmt::format("  {} {:.4g}", name, value);
-  if (report.step > 1 && stage_elapsed > 0) {
-    const double rate = static_cast<double>(report.step - 1) / stage_elapsed;
+  if (report.step > stage_first_step_ && stage_elapsed > 0) {
+    const double rate = static_cast<double>(report.step - stage_first_step_) / stage_elapsed;
     const double eta = rate > 0 ? static_cast<double>(report.total - report.step) / rate : 0;
     line += rate >= 1 ? fmt::format("  {:.2f} it/s", rate) : fmt::format("  {:.2f} s/it", 1.0 / rate);
     line += "  ETA " + format_duration(eta);

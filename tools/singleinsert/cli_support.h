@@ -25,6 +25,7 @@ class ProgressLine {
   bool open_ = false;
   std::string stage_;
   double stage_start_ = 0;
+  int64_t stage_first_step_ = 0;
 };
 
 // An output folder checked before any work: a non-empty existing folder is refused unless

@@ -24,7 +24,7 @@ namespace singleinsert::cli {
 namespace {
 
 struct WorldArgs {
-  std::string out, tokenizer;
+  std::string out, tokenizer, subject = "face";
   uint64_t seed = 0;
   int count = 1, size = 256;
   int64_t identity = -1;
@@ -33,21 +33,26 @@ struct WorldArgs {
 };
 
 // Sample i: a random scene, or (with --source / --with) the source photo of an identity with the
-// edits applied. --identity fixes the identity for every sample.
+// edits applied. --identity fixes the identity (a face's, or with --subject cup a cup's) for every
+// sample.
 world::Scene scene_for(const WorldArgs& args, int i) {
   const uint64_t seed = args.seed + static_cast<uint64_t>(i);
   const uint64_t offset = args.held_out ? world::kHeldOutIdentitySeed : 0;
   const uint64_t identity_seed = offset + (args.identity >= 0 ? static_cast<uint64_t>(args.identity) : seed);
+  const bool cup = args.subject == "cup";
+  const int background = static_cast<int>(identity_seed % world::kBackgroundColours.size());
   world::Scene scene;
   if (args.source || !args.edits.empty()) {
-    scene = world::source_scene(world::sample_identity(identity_seed),
-                                static_cast<int>(identity_seed % world::kBackgroundColours.size()));
+    scene = cup ? world::cup_source_scene(world::sample_cup_identity(identity_seed), background)
+                : world::source_scene(world::sample_identity(identity_seed), background);
     for (const auto& edit : args.edits) world::apply_edit(scene, edit);
   } else {
     scene = world::sample_scene(seed);
     if (args.identity >= 0 || args.held_out) {
-      scene.subject = world::Subject::kFace;
-      scene.face = world::sample_identity(identity_seed);
+      scene.subject = cup ? world::Subject::kCup : world::Subject::kFace;
+      scene.person = -1;
+      if (cup) scene.cup_identity = world::sample_cup_identity(identity_seed);
+      else scene.face = world::sample_identity(identity_seed);
     }
   }
   return scene;
@@ -66,9 +71,12 @@ void add_world_command(CLI::App& app) {
   command->add_option("--count", args->count, "How many scenes")->capture_default_str()->check(CLI::PositiveNumber);
   command->add_option("--size", args->size, "Image size in pixels")->capture_default_str()->check(CLI::Range(32, 4096));
   command->add_option("--identity", args->identity, "Keep this identity seed in every scene");
+  command->add_option("--subject", args->subject, "face|cup: what --source and --identity draw")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"face", "cup"}));
   command->add_flag("--held-out", args->held_out, "Draw identities from the held-out range (never in training scenes)");
   command->add_flag("--source", args->source,
-                    "Render source photos: the face alone, centred, neutral, no accessories, plain background");
+                    "Render source photos: the subject alone, centred, frontal, neutral, no accessories, plain background");
   command->add_option("--with", args->edits, "Edit applied to the source photo (repeatable): " +
                                                   fmt::format("{}", fmt::join(world::edit_names(), ", ")));
   command->add_flag("--full-mask", args->full_mask,
@@ -106,9 +114,10 @@ void add_world_command(CLI::App& app) {
 
 void add_train_base_command(CLI::App& app) {
   struct Args {
-    std::string config, out, device = "auto", save_dtype = "fp16";
-    std::optional<int> vae_steps, steps, batch_size;
+    std::string config, out, device = "auto", save_dtype = "fp16", snapshot;
+    std::optional<int> vae_steps, steps, batch_size, checkpoint_every;
     std::optional<uint64_t> seed;
+    bool resume = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* command = app.add_subcommand(
@@ -120,6 +129,12 @@ void add_train_base_command(CLI::App& app) {
   command->add_option("--steps", args->steps, "Override the diffusion phase's steps");
   command->add_option("--batch-size", args->batch_size, "Override the diffusion phase's batch size");
   command->add_option("--seed", args->seed, "Override the seed");
+  command->add_option("--checkpoint-every", args->checkpoint_every,
+                      "Steps between checkpoints (OUT.checkpoint.safetensors; also written on Ctrl-C)");
+  command->add_flag("--resume", args->resume, "Continue the interrupted run whose checkpoint is beside --out");
+  command->add_option("--snapshot", args->snapshot,
+                      "Instead of training, write the checkpoint beside --out as a model folder here (the run may "
+                      "still be going)");
   command->add_option("--device", args->device, "auto|cpu|cuda")->capture_default_str();
   command->add_option("--save-dtype", args->save_dtype, "Weights dtype on disk: fp16|fp32")->capture_default_str();
   command->callback([args] {
@@ -128,20 +143,31 @@ void add_train_base_command(CLI::App& app) {
     if (args->steps) config.diffusion.steps = *args->steps;
     if (args->batch_size) config.diffusion.batch_size = *args->batch_size;
     if (args->seed) config.seed = *args->seed;
+    if (args->checkpoint_every) config.checkpoint_every = *args->checkpoint_every;
     config.validate();
     if (args->save_dtype != "fp16" && args->save_dtype != "fp32")
       throw Error("--save-dtype must be fp16 or fp32, not '" + args->save_dtype + "'");
+    if (!args->snapshot.empty()) {
+      export_base_snapshot(config, world::vocabulary_words(), args->out, args->snapshot,
+                           args->save_dtype == "fp16" ? at::kHalf : at::kFloat);
+      std::printf("%s\n", args->snapshot.c_str());
+      return;
+    }
     if (fs::exists(args->out) && !fs::is_empty(args->out)) throw Error(args->out + ": already exists");
+    if (args->resume) std::fprintf(stderr, "resuming from %s\n", base_checkpoint_path(args->out).c_str());
     const ExecutionOptions execution = make_execution_options(args->device, "fp32");
     const int resolution = config.resolution;
-    // Example i of the stream is world scene i, rendered at the training resolution.
+    // Example i of the stream is world scene i, rendered at the training resolution, with a
+    // caption that leaves out some of what the full caption says.
     const CaptionedSource source = [resolution](uint64_t first, int count) {
       CaptionedBatch batch;
       std::vector<at::Tensor> images;
       for (int i = 0; i < count; ++i) {
-        const world::WorldSample sample = world::render(world::sample_scene(first + static_cast<uint64_t>(i)), resolution);
+        const uint64_t index = first + static_cast<uint64_t>(i);
+        const world::Scene scene = world::sample_scene(index);
+        const world::WorldSample sample = world::render(scene, resolution);
         images.push_back(sample.image.permute({2, 0, 1}).to(at::kFloat) / 127.5 - 1.0);
-        batch.captions.push_back(sample.caption);
+        batch.captions.push_back(world::caption(scene, world::training_caption_parts(scene, index)));
       }
       batch.images = at::stack(images);
       return batch;
@@ -158,7 +184,7 @@ void add_train_base_command(CLI::App& app) {
     };
     const BaseTrainingSummary summary =
         train_base_model(config, world::vocabulary_words(), source, args->out, execution,
-                         args->save_dtype == "fp16" ? at::kHalf : at::kFloat, report);
+                         args->save_dtype == "fp16" ? at::kHalf : at::kFloat, report, args->resume);
     progress.finish();
     std::printf("%s\n", args->out.c_str());
     std::fprintf(stderr,

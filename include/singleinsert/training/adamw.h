@@ -25,6 +25,8 @@ class AdamW {
   void step();       // parameters without a gradient are skipped, as in PyTorch
   void zero_grad();  // sets gradients to none
   int64_t steps_taken() const { return step_; }
+  void set_lr(double lr) { options_.lr = lr; }  // for schedules
+  double lr() const { return options_.lr; }
   const std::vector<at::Tensor>& parameters() const { return parameters_; }
 
   // exp_avg.<i>, exp_avg_sq.<i> and the step count, for checkpoints.
