@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
-# Trains the toy world's base model from scratch (configs/base/world.json) into ${1:-models/world}
-# and records the command, seed and wall time next to the weights. Resumable: interrupted (Ctrl-C
-# or killed), run it again with --resume and it continues from the last checkpoint
-# (${1}.checkpoint.safetensors) to the same weights an uninterrupted run gives.
-#   scripts/train_world_model.sh [OUT] [--resume] [other train-base flags]
+# Trains the toy world's base model from scratch in two runs of train-base, and records each run's
+# config, seed and wall time next to the weights (OUT/train_base.json, the first run's inside it):
+#   1. configs/base/world.json into OUT.base: the VAE, then the text encoder and UNet;
+#   2. configs/base/world-noise.json into OUT, continuing OUT.base (--init) with offset and coarse
+#      noise, so that global colour and placement follow the caption, not the starting noise.
+# Resumable: run it again after an interruption (Ctrl-C or killed) and each run continues from
+# its last checkpoint (OUT.base.checkpoint.safetensors, OUT.checkpoint.safetensors) to the same
+# weights an uninterrupted run gives.
+#   scripts/train_world_model.sh [OUT] [other train-base flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-models/world}"
+base="$out.base"
 [[ -x build/tools/singleinsert ]] || scripts/build.sh build Release
 start=$(date +%s)
-build/tools/singleinsert train-base --config configs/base/world.json --out "$out" --save-dtype fp16 "${@:2}"
-echo "this part took $(( $(date +%s) - start )) s; $out/train_base.json has the whole run's phases and seconds" >&2
+# train CONFIG OUT [FLAGS...]: one run, resumed when its checkpoint is there, skipped when done.
+train() {
+  local config=$1 target=$2 resume=()
+  shift 2
+  [[ -f "$target/train_base.json" ]] && return 0
+  [[ -f "$target.checkpoint.safetensors" ]] && resume=(--resume)
+  build/tools/singleinsert train-base --config "$config" --out "$target" --save-dtype fp16 "${resume[@]}" "$@"
+}
+train configs/base/world.json "$base" "${@:2}"
+train configs/base/world-noise.json "$out" --init "$base" "${@:2}"
+echo "this part took $(( $(date +%s) - start )) s; $out/train_base.json has both runs' phases and seconds" >&2

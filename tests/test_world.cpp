@@ -322,6 +322,39 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
   ASSERT_EQ(generated.exit_code, 0) << generated.err;
   EXPECT_EQ(read_image_rgb(dir + "/images/0000.png").pixels.size(0), 32);
 
+  // --init continues from that model: its VAE kept as it was, the diffusion phase trained on, and
+  // offset noise changes what that phase learns.
+  nlohmann::json with_offset = nlohmann::json::parse(std::ifstream(config));
+  with_offset["diffusion"]["steps"] = 6;
+  std::ofstream(dir + "/plain.json") << with_offset.dump();
+  with_offset["diffusion"]["noise_offset"] = 0.5;
+  std::ofstream(dir + "/offset.json") << with_offset.dump();
+  for (const char* name : {"plain", "offset"}) {
+    const auto continued = testing::run_cli({"train-base", "--config", dir + "/" + name + ".json", "--init",
+                                             dir + "/model", "--out", dir + "/" + name});
+    ASSERT_EQ(continued.exit_code, 0) << continued.err;
+    EXPECT_EQ(read_file(dir + "/" + name + "/vae/diffusion_pytorch_model.safetensors"),
+              read_file(dir + "/model/vae/diffusion_pytorch_model.safetensors"));
+    const nlohmann::json continued_record = nlohmann::json::parse(read_file(dir + "/" + name + "/train_base.json"));
+    EXPECT_EQ(continued_record.at("config").at("init_model"), dir + "/model");
+    EXPECT_EQ(continued_record.at("vae").at("seconds").get<double>(), 0.0);
+    EXPECT_DOUBLE_EQ(continued_record.at("scaling_factor").get<double>(), record.at("scaling_factor").get<double>());
+    EXPECT_EQ(continued_record.at("continued_from").at("vae"), record.at("vae"));  // the whole history
+  }
+  const auto unet_of = [&](const std::string& model) {
+    return read_file(dir + "/" + model + "/unet/diffusion_pytorch_model.safetensors");
+  };
+  EXPECT_NE(unet_of("plain"), unet_of("model"));
+  EXPECT_NE(unet_of("offset"), unet_of("plain"));
+  nlohmann::json wider = nlohmann::json::parse(std::ifstream(dir + "/plain.json"));
+  wider["unet"]["block_out_channels"] = {64, 64};
+  std::ofstream(dir + "/wider.json") << wider.dump();
+  const auto mismatched = testing::run_cli(
+      {"train-base", "--config", dir + "/wider.json", "--init", dir + "/model", "--out", dir + "/wider"});
+  EXPECT_NE(mismatched.exit_code, 0);
+  EXPECT_NE(mismatched.err.find(dir + "/model/unet"), std::string::npos) << mismatched.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/wider"));
+
   // Refusals leave nothing behind.
   const auto again = testing::run_cli({"train-base", "--config", config, "--out", dir + "/model"});
   EXPECT_NE(again.exit_code, 0);
@@ -518,7 +551,18 @@ TEST(WorldModel, TheCommittedModelGeneratesAndIsMeasured) {
   for (const auto& [name, share] : record.at("attributes").items()) {
     EXPECT_GE(share.get<double>(), 0.0) << name;
     EXPECT_LE(share.get<double>(), 1.0) << name;
+    // Its confusion table (rows asked, columns drawn) holds the same share on its diagonal.
+    const nlohmann::json& table = record.at("confusion").at(name);
+    double diagonal = 0, total = 0;
+    for (size_t asked = 0; asked < table.size(); ++asked)
+      for (size_t drawn = 0; drawn < table[asked].size(); ++drawn) {
+        total += table[asked][drawn].get<double>();
+        if (asked == drawn) diagonal += table[asked][drawn].get<double>();
+      }
+    ASSERT_GT(total, 0.0) << name;
+    EXPECT_DOUBLE_EQ(diagonal / total, share.get<double>()) << name;
   }
+  EXPECT_EQ(record.at("confusion").at("background").size(), 7u);
 
   // A concept learned in a few steps, scored on the ten editing prompts and the three head turns,
   // between its floors and ceilings.

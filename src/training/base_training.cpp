@@ -174,6 +174,8 @@ BaseTrainingConfig BaseTrainingConfig::from_json(const JsonConfig& config) {
     c.caption_dropout = diffusion.value("caption_dropout", c.caption_dropout);
     c.ema_decay = diffusion.value("ema_decay", c.ema_decay);
     c.min_snr_gamma = diffusion.value("min_snr_gamma", c.min_snr_gamma);
+    c.noise_offset = diffusion.value("noise_offset", c.noise_offset);
+    c.coarse_noise = diffusion.value("coarse_noise", c.coarse_noise);
     c.unet_config = json.at("unet").dump();
     c.text_encoder_config = json.at("text_encoder").dump();
     c.validate();
@@ -194,6 +196,8 @@ void BaseTrainingConfig::validate() const {
   if (caption_dropout < 0 || caption_dropout > 1) throw Error("train-base: caption_dropout must be in [0, 1]");
   if (ema_decay < 0 || ema_decay >= 1) throw Error("train-base: ema_decay must be in [0, 1)");
   if (min_snr_gamma < 0) throw Error("train-base: min_snr_gamma must be >= 0");
+  if (noise_offset < 0 || noise_offset > 1) throw Error("train-base: noise_offset must be in [0, 1]");
+  if (coarse_noise < 0 || coarse_noise > 1) throw Error("train-base: coarse_noise must be in [0, 1]");
   if (precision != "fp32" && precision != "bf16")
     throw Error("train-base: precision must be fp32 or bf16, not '" + precision + "'");
   if (checkpoint_every < 0) throw Error("train-base: checkpoint_every must be >= 0");
@@ -206,14 +210,19 @@ std::string BaseTrainingConfig::to_json() const {
   diffusion_json["caption_dropout"] = caption_dropout;
   diffusion_json["ema_decay"] = ema_decay;
   diffusion_json["min_snr_gamma"] = min_snr_gamma;
-  return nlohmann::json{{"resolution", resolution},
-                        {"seed", seed},
-                        {"precision", precision},
-                        {"vae", vae_json},
-                        {"diffusion", diffusion_json},
-                        {"unet", nlohmann::json::parse(unet_config)},
-                        {"text_encoder", nlohmann::json::parse(text_encoder_config)}}
-      .dump();
+  // Keys that default to "off" are written only when set, so that checkpoints of earlier
+  // configs still resume.
+  if (noise_offset > 0) diffusion_json["noise_offset"] = noise_offset;
+  if (coarse_noise > 0) diffusion_json["coarse_noise"] = coarse_noise;
+  nlohmann::json json{{"resolution", resolution},
+                      {"seed", seed},
+                      {"precision", precision},
+                      {"vae", vae_json},
+                      {"diffusion", diffusion_json},
+                      {"unet", nlohmann::json::parse(unet_config)},
+                      {"text_encoder", nlohmann::json::parse(text_encoder_config)}};
+  if (!init_model.empty()) json["init_model"] = init_model;
+  return json.dump();
 }
 
 std::string base_checkpoint_path(const std::string& out_dir) {
@@ -257,9 +266,27 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
     const std::vector<at::Tensor> vae_parameters = parameters_of({vae.get()});
     const std::vector<at::Tensor> diffusion_parameters = parameters_of({text_encoder.get(), unet.get()});
     std::optional<Ema> ema;
-    if (config.ema_decay > 0) ema.emplace(diffusion_parameters, config.ema_decay);
 
     RunState state;
+    if (!config.init_model.empty()) {
+      // Start from a trained model: its weights replace the fresh ones (the architectures must
+      // match), and its VAE is taken as it is.
+      const auto init = load_model_bundle(config.init_model);
+      auto copy_from = [&](torch::nn::Module& to, const torch::nn::Module& from, const char* part) {
+        std::map<std::string, at::Tensor> weights;
+        for (auto& [name, tensor] : state_dict(from)) weights.emplace(name, tensor.to(at::kFloat));
+        load_state_dict(to, weights, config.init_model + "/" + part);
+      };
+      copy_from(*vae, *init->vae, "vae");
+      copy_from(*text_encoder, *init->text_encoder, "text_encoder");
+      copy_from(*unet, *init->unet, "unet");
+      if (init->tokenizer.vocab_size() != tokenizer.vocab_size())
+        throw Error(fmt::format("train-base: {} has another tokenizer ({} tokens, this world has {})",
+                                config.init_model, init->tokenizer.vocab_size(), tokenizer.vocab_size()));
+      state.scaling_factor = init->vae->config().scaling_factor;
+      state.phase = kDiffusionPhase;
+    }
+    if (config.ema_decay > 0) ema.emplace(diffusion_parameters, config.ema_decay);  // from the starting weights
     std::optional<SafetensorsFile> checkpoint;
     if (resume) {
       checkpoint = SafetensorsFile::open(checkpoint_path);
@@ -398,7 +425,15 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
         latents = ((posterior.mean + posterior.std * noise) * state.scaling_factor).to(at::kFloat);
       }
       const at::Tensor timesteps = at::randint(0, schedule.num_train_timesteps(), {count}, generator).to(device);
-      const at::Tensor noise = randn_like_torch(latents.sizes(), generator, device);
+      at::Tensor noise = randn_like_torch(latents.sizes(), generator, device);
+      const int64_t channels = latents.size(1), height = latents.size(2), width = latents.size(3);
+      if (config.noise_offset > 0)
+        noise = noise + config.noise_offset * randn_like_torch({count, channels, 1, 1}, generator, device);
+      if (config.coarse_noise > 0)
+        for (int64_t grid : {2, 4})
+          noise = noise + config.coarse_noise * at::upsample_bilinear2d(
+                                                    randn_like_torch({count, channels, grid, grid}, generator, device),
+                                                    {height, width}, /*align_corners=*/false);
       const at::Tensor a = alphas_cumprod.index_select(0, timesteps).view({count, 1, 1, 1});
       const at::Tensor noisy = a.sqrt() * latents + (1.0 - a).sqrt() * noise;
       std::optional<compat::AutocastGuard> autocast;
@@ -421,7 +456,7 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
     summary.scaling_factor = state.scaling_factor;
 
     write_model_parts(staging.string(), *text_encoder, *unet, *vae, sd15_scheduler_config_json(), save_dtype);
-    const nlohmann::json record = {
+    nlohmann::json record = {
         {"started", std::chrono::duration_cast<std::chrono::seconds>(started.time_since_epoch()).count()},
         {"config", nlohmann::json::parse(config.to_json())},
         {"parts", state.parts},
@@ -433,6 +468,10 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
         {"device", device.str()},
         {"threads", at::get_num_threads()},
         {"torch", TORCH_VERSION}};
+    // A continued run carries the record of the run it started from, so the model says all of its history.
+    const fs::path init_record = fs::path(config.init_model) / "train_base.json";
+    if (!config.init_model.empty() && fs::exists(init_record))
+      record["continued_from"] = nlohmann::json::parse(read_file(init_record.string()));
     write_file_atomic((staging / "train_base.json").string(), record.dump(2));
   });
   std::error_code ignored;

@@ -81,6 +81,7 @@ nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shar
     const std::string caption = world::caption(source);
     OverfitOptions options;
     options.steps = settings.overfit_steps;
+    options.lr = settings.overfit_lr;
     const OverfitResult result = overfit_unet(base_model(*overfit), to_model_input(render(source, settings.draw.size).image).unsqueeze(0),
                                               tokenize_prompts(overfit->tokenizer, {caption}), options, progress);
     nlohmann::json ceiling = to_json(reference.score({{}}, draw(*overfit, {caption}, 2 * settings.seeds, settings.draw)));
@@ -98,6 +99,8 @@ nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shar
   return floors;
 }
 
+constexpr double kMinimumFloorToCeiling = 0.1;
+
 nlohmann::json floor_to_ceiling(const IdentityParts& closeness, const nlohmann::json& floors) {
   const std::string ceiling = floors.contains("overfit_ceiling") ? "overfit_ceiling" : "vae_ceiling";
   nlohmann::json out = {{"ceiling", ceiling}};
@@ -105,7 +108,8 @@ nlohmann::json floor_to_ceiling(const IdentityParts& closeness, const nlohmann::
   for (const auto& [part, value] : {std::pair{"whole", closeness.whole}, std::pair{"named", closeness.named},
                                     std::pair{"hidden", closeness.hidden}}) {
     const double f = bottom.at(part), t = top.at(part);
-    out[part] = t > f ? (value - f) / (t - f) : 0.0;
+    // A ceiling barely above the floor makes the scale meaningless (a 0.01 gap turns 0.1 into 10).
+    out[part] = t - f >= kMinimumFloorToCeiling ? nlohmann::json((value - f) / (t - f)) : nlohmann::json();
   }
   return out;
 }

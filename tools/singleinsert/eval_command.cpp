@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -144,6 +145,7 @@ void add_adherence(CLI::App& eval) {
     auto bundle = load_model_bundle(args->model.model, make_execution_options(args->device, "fp32"), args->model.sources);
     const int size = native_image_size(args->model);
     std::map<std::string, int> correct, counted;
+    std::map<std::string, std::vector<std::vector<int>>> confusion;  // [asked][drawn] per attribute
     int all_correct = 0;
     for (int i = 0; i < args->count; ++i) {
       world::Scene scene = world::sample_scene(kAdherenceScenes + static_cast<uint64_t>(i));
@@ -162,7 +164,12 @@ void add_adherence(CLI::App& eval) {
       for (size_t h = 0; h < labels.size(); ++h) {
         if (labels[h] < 0) continue;
         const std::string& name = world::attribute_heads()[h].name;
-        const bool hit = found.attributes.at(name) == labels[h];
+        const int64_t drawn = found.attributes.at(name);
+        const bool hit = drawn == labels[h];
+        const size_t classes = static_cast<size_t>(world::attribute_heads()[h].classes);
+        auto& table = confusion[name];
+        if (table.empty()) table.assign(classes, std::vector<int>(classes, 0));
+        ++table[labels[h]][drawn];
         ++counted[name];
         correct[name] += hit;
         every = every && hit;
@@ -175,6 +182,7 @@ void add_adherence(CLI::App& eval) {
       record["attributes"][name] = static_cast<double>(correct[name]) / n;
       std::printf("%s\t%.4f\n", name.c_str(), static_cast<double>(correct[name]) / n);
     }
+    for (const auto& [name, table] : confusion) record["confusion"][name] = table;  // rows asked, columns drawn
     record["all_attributes"] = static_cast<double>(all_correct) / args->count;
     std::printf("all_attributes\t%.4f\n", static_cast<double>(all_correct) / args->count);
 
@@ -199,6 +207,7 @@ world::Scene read_source_scene(const std::string& samples_jsonl) {
 struct ConceptArgs : GenerationEvalArgs {
   std::string concept_dir, source, floors;
   int overfit_steps = 400;
+  double overfit_lr = 2e-4;
   bool without_floors = false;
 };
 
@@ -220,6 +229,9 @@ void add_concept(CLI::App& eval) {
   command->add_option("--overfit-steps", args->overfit_steps,
                       "Steps of the overfit ceiling's UNet fine-tuning (0: no overfit ceiling; the VAE's is the ceiling)")
       ->capture_default_str();
+  command->add_option("--overfit-lr", args->overfit_lr, "Learning rate of the overfit ceiling's fine-tuning")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   command->add_flag("--without-floors", args->without_floors, "Skip the floors and ceilings (faster)");
   command->callback([args] {
     const world::Scene source = read_source_scene(args->source);
@@ -235,10 +247,12 @@ void add_concept(CLI::App& eval) {
 
     nlohmann::json floors;
     if (!args->without_floors) {
+      // The weights' hash as well as the path: a model retrained in place has other floors.
       const nlohmann::json key = {{"model", fs::weakly_canonical(args->model.model).string()},
+                                  {"unet_sha256", base_model_sha256(*bundle)},
                                   {"source", world::to_json(source)}, {"seeds", args->seeds},
                                   {"steps", args->steps}, {"guidance", args->guidance},
-                                  {"overfit_steps", args->overfit_steps}};
+                                  {"overfit_steps", args->overfit_steps}, {"overfit_lr", args->overfit_lr}};
       if (!args->floors.empty() && fs::exists(args->floors)) {
         const nlohmann::json kept = nlohmann::json::parse(read_file(args->floors));
         if (kept.value("key", nlohmann::json()) == key) floors = kept.at("floors");
@@ -248,6 +262,7 @@ void add_concept(CLI::App& eval) {
         settings.draw = draw;
         settings.seeds = args->seeds;
         settings.overfit_steps = args->overfit_steps;
+        settings.overfit_lr = args->overfit_lr;
         ProgressLine progress;
         floors = world::measure_floors(*bundle, load_model, reference, settings, std::ref(progress));
         progress.finish();
@@ -297,7 +312,9 @@ void add_concept(CLI::App& eval) {
     }
 
     // The table: one figure a line, "name<TAB>value", for people and for scripts.
-    auto line = [](const std::string& name, double value) { std::printf("%s\t%.4f\n", name.c_str(), value); };
+    auto line = [](const std::string& name, const nlohmann::json& value) {  // null (no figure) prints as nan
+      std::printf("%s\t%.4f\n", name.c_str(), value.is_null() ? std::nan("") : value.get<double>());
+    };
     line("esr", rows.success);
     line("identity_distance", rows.distance.whole);
     line("background_leakage", rows.background_leakage);

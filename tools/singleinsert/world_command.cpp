@@ -114,7 +114,7 @@ void add_world_command(CLI::App& app) {
 
 void add_train_base_command(CLI::App& app) {
   struct Args {
-    std::string config, out, device = "auto", save_dtype = "fp16", snapshot;
+    std::string config, out, device = "auto", save_dtype = "fp16", snapshot, init;
     std::optional<int> vae_steps, steps, batch_size, checkpoint_every;
     std::optional<uint64_t> seed;
     bool resume = false;
@@ -132,6 +132,10 @@ void add_train_base_command(CLI::App& app) {
   command->add_option("--checkpoint-every", args->checkpoint_every,
                       "Steps between checkpoints (OUT.checkpoint.safetensors; also written on Ctrl-C)");
   command->add_flag("--resume", args->resume, "Continue the interrupted run whose checkpoint is beside --out");
+  command->add_option("--init", args->init,
+                      "Start from this model folder (same architecture): its VAE as it is, its text encoder and UNet "
+                      "trained on by the diffusion phase")
+      ->check(CLI::ExistingDirectory);
   command->add_option("--snapshot", args->snapshot,
                       "Instead of training, write the checkpoint beside --out as a model folder here (the run may "
                       "still be going)");
@@ -144,6 +148,7 @@ void add_train_base_command(CLI::App& app) {
     if (args->batch_size) config.diffusion.batch_size = *args->batch_size;
     if (args->seed) config.seed = *args->seed;
     if (args->checkpoint_every) config.checkpoint_every = *args->checkpoint_every;
+    config.init_model = args->init;
     config.validate();
     if (args->save_dtype != "fp16" && args->save_dtype != "fp32")
       throw Error("--save-dtype must be fp16 or fp32, not '" + args->save_dtype + "'");

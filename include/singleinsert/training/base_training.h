@@ -37,6 +37,15 @@ struct BaseTrainingConfig {
   double caption_dropout = 0.1;
   double ema_decay = 0.0;      // > 0: the saved text encoder and UNet are exponential moving averages
   double min_snr_gamma = 0.0;  // > 0: min-SNR-gamma loss weighting (Hang et al. 2023)
+  // > 0: offset noise, a per-sample, per-channel constant of this scale added to the training
+  // noise, so that the noisiest steps cannot read global colour from the noise's mean.
+  double noise_offset = 0.0;
+  // > 0: the same for the next coarsest patterns: noise on 2x2 and 4x4 grids of this scale,
+  // upsampled bilinearly, so that the left-right balance of the noise cannot place the subject.
+  double coarse_noise = 0.0;
+  // A model folder to start from (its VAE and scaling factor, frozen; its text encoder and UNet
+  // as the diffusion phase's starting weights): the VAE phase is skipped. Empty: from scratch.
+  std::string init_model;
   std::string precision = "fp32";  // or "bf16": autocast for the forward passes, float32 weights
   int checkpoint_every = 250;      // steps; also written on Ctrl-C
   // The components' config.json texts (diffusers / transformers keys); the text encoder's
@@ -45,7 +54,8 @@ struct BaseTrainingConfig {
 
   // {"resolution", "seed", "precision", "checkpoint_every",
   //  "vae": {steps, batch_size, lr, weight_decay, warmup_steps, final_lr_fraction, kl_weight, config},
-  //  "diffusion": {..., caption_dropout, ema_decay, min_snr_gamma}, "unet": {...}, "text_encoder": {...}}
+  //  "diffusion": {..., caption_dropout, ema_decay, min_snr_gamma, noise_offset, coarse_noise}, "unet": {...},
+  //  "text_encoder": {...}}; init_model comes from the command line.
   static BaseTrainingConfig from_json(const JsonConfig& json);
   void validate() const;
   std::string to_json() const;  // the settings that shape the run (a resumed run must match them)

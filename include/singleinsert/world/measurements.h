@@ -34,6 +34,7 @@ struct FloorSettings {
   DrawSettings draw;
   int seeds = 3;           // generations per prompt
   int overfit_steps = 400;  // 0: no overfit ceiling
+  double overfit_lr = 2e-4;
 };
 
 // The floors and ceilings of one source on one model, which do not depend on the concept:
@@ -49,7 +50,8 @@ nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shar
                               const ProgressCallback& progress = {});
 
 // A concept's closeness on the scale from the text floor (0) to the ceiling (1): the overfit
-// ceiling, or the VAE's when the overfit one was not measured. {"ceiling": name, part: value...}
+// ceiling, or the VAE's when the overfit one was not measured. {"ceiling": name, part: value...};
+// a part whose ceiling is not at least 0.1 above its floor has null (no scale to put it on).
 nlohmann::json floor_to_ceiling(const IdentityParts& closeness, const nlohmann::json& floors);
 
 // Named persons drawn by name alone ("a photo of a kato face on a blue background"), each scored
