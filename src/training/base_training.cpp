@@ -272,6 +272,9 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
       // Start from a trained model: its weights replace the fresh ones (the architectures must
       // match), and its VAE is taken as it is.
       const auto init = load_model_bundle(config.init_model);
+      if (init->tokenizer.vocab_size() != tokenizer.vocab_size())
+        throw Error(fmt::format("train-base: {} has another tokenizer ({} tokens, this world has {})",
+                                config.init_model, init->tokenizer.vocab_size(), tokenizer.vocab_size()));
       auto copy_from = [&](torch::nn::Module& to, const torch::nn::Module& from, const char* part) {
         std::map<std::string, at::Tensor> weights;
         for (auto& [name, tensor] : state_dict(from)) weights.emplace(name, tensor.to(at::kFloat));
@@ -280,9 +283,6 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
       copy_from(*vae, *init->vae, "vae");
       copy_from(*text_encoder, *init->text_encoder, "text_encoder");
       copy_from(*unet, *init->unet, "unet");
-      if (init->tokenizer.vocab_size() != tokenizer.vocab_size())
-        throw Error(fmt::format("train-base: {} has another tokenizer ({} tokens, this world has {})",
-                                config.init_model, init->tokenizer.vocab_size(), tokenizer.vocab_size()));
       state.scaling_factor = init->vae->config().scaling_factor;
       state.phase = kDiffusionPhase;
     }
