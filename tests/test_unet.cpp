@@ -7,7 +7,9 @@
 
 #include "golden.h"
 #include "singleinsert/core/json_config.h"
+#include "singleinsert/core/random.h"
 #include "singleinsert/core/state_dict.h"
+#include "singleinsert/core/torch_compat.h"
 #include "singleinsert/models/unet.h"
 
 namespace singleinsert {
@@ -15,6 +17,28 @@ namespace {
 
 const double kFp32Tolerance = testing::device_tolerance(1e-5);  // relative to each tensor's scale
 constexpr double kFp64Tolerance = 1e-12;
+
+// The manual attention path must not read memory it did not write: LibTorch 1.13's out-of-place
+// CPU baddbmm multiplies its uninitialised result by beta = 0, and freed blocks full of NaN (here
+// made on purpose, in training left by earlier tensors) come back from the allocator.
+TEST(Attention, ScoresDoNotDependOnReusedMemory) {
+  at::Generator generator = make_cpu_generator(5);
+  const at::Tensor q = at::randn({2, 4, 5, 8}, generator), k = at::randn({2, 4, 5, 8}, generator),
+                   v = at::randn({2, 4, 5, 8}, generator);
+  const double scale = 1.0 / std::sqrt(8.0);
+  const at::Tensor expected =
+      at::matmul(at::softmax(at::matmul(q.to(at::kDouble), k.to(at::kDouble).transpose(-1, -2)) * scale, -1),
+                 v.to(at::kDouble));
+  for (int repeat = 0; repeat < 20; ++repeat) {
+    {  // blocks of the score matrix's size, full of NaN, freed
+      std::vector<at::Tensor> garbage;
+      for (int i = 0; i < 8; ++i) garbage.push_back(at::full({8, 5, 5}, NAN));
+    }
+    const at::Tensor out = compat::scaled_dot_product_attention(q, k, v, scale, c10::nullopt, false);
+    ASSERT_TRUE(at::isfinite(out).all().item<bool>()) << "repeat " << repeat;
+    EXPECT_TENSOR_NEAR_ABS(out, expected, 1e-6);
+  }
+}
 
 UNet2DConditionModel load_tiny_unet() {
   UNet2DConditionModel unet(UNetConfig::from_json(JsonConfig::load(testing::golden_path("sd_tiny/unet/config.json"))));

@@ -24,11 +24,12 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
   const auto q = query.reshape({batch * heads, query.size(2), query.size(3)});
   const auto k = key.reshape({batch * heads, key.size(2), key.size(3)});
   const auto v = value.reshape({batch * heads, value.size(2), value.size(3)});
-  // alpha applies the scale inside the GEMM exactly as diffusers' get_attention_scores does. The
-  // first argument is zeros, not diffusers' empty: with beta=0 it should not be read, but some
-  // CPU kernels multiply it by 0 anyway, and uninitialised NaNs then leak into the scores.
-  at::Tensor scores = at::baddbmm(at::zeros({q.size(0), q.size(1), k.size(1)}, q.options()), q,
-                                  k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
+  // alpha applies the scale inside the GEMM exactly as diffusers' get_attention_scores does. It
+  // runs in place on zeros: LibTorch 1.13's out-of-place CPU baddbmm leaves its result uninitialised
+  // when beta is 0 and then still multiplies it by beta, so NaNs left in reused memory leak into the
+  // scores (0 * NaN); in place, the result is these zeros.
+  at::Tensor scores = at::zeros({q.size(0), q.size(1), k.size(1)}, q.options())
+                          .baddbmm_(q, k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
   if (additive_mask.has_value())
     scores = (scores.view({batch, heads, q.size(1), k.size(1)}) + *additive_mask).view_as(scores);
   const bool reduced = scores.scalar_type() == at::kHalf || scores.scalar_type() == at::kBFloat16;
