@@ -53,10 +53,10 @@ std::string write_tiny_training_preset(const std::string& dir, int stage1_steps,
   return path;
 }
 
-CliResult run_cli(const std::vector<std::string>& args) {
+CliResult run_cli(const std::vector<std::string>& args, const std::string& shell_prefix) {
   const std::string dir = fresh_temp_dir("cli_io");
   const std::string out_path = dir + "/stdout", err_path = dir + "/stderr";
-  std::string command = quote(SINGLEINSERT_CLI);
+  std::string command = shell_prefix + quote(SINGLEINSERT_CLI);
   for (const auto& arg : args) command += " " + quote(arg);
   command += " >" + quote(out_path) + " 2>" + quote(err_path);
   const int status = std::system(command.c_str());

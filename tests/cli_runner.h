@@ -11,7 +11,8 @@ struct CliResult {
   std::string err;  // stderr
 };
 
-CliResult run_cli(const std::vector<std::string>& args);
+// shell_prefix runs before the command in the same shell (e.g. "ulimit -f 4;").
+CliResult run_cli(const std::vector<std::string>& args, const std::string& shell_prefix = "");
 
 // Starts the command line in the background (stdout/stderr to files) and waits for it.
 struct CliProcess {

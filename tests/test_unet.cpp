@@ -40,6 +40,42 @@ TEST(Attention, ScoresDoNotDependOnReusedMemory) {
   }
 }
 
+// Slices keep the score matrix within budget. Groups of heads change no bit: self- and
+// cross-attention shapes of SD v1.5's 32x32 latent level, with a causal mask as CLIP's, in float32
+// and bfloat16. Groups of queries (one head over budget) agree to float32 rounding: OpenBLAS's
+// GEMM gives a row different last bits depending on how many rows it is given.
+TEST(Attention, SlicesOfHeadsAreBitIdenticalAndSlicesOfQueriesAgree) {
+  struct BudgetGuard {
+    int64_t saved = compat::attention_score_budget();
+    ~BudgetGuard() { compat::set_attention_score_budget(saved); }
+  } guard;
+  at::Generator generator = make_cpu_generator(7);
+  const at::Tensor q = at::randn({2, 8, 1024, 40}, generator), self_kv = at::randn({2, 8, 1024, 40}, generator),
+                   text_kv = at::randn({2, 8, 77, 40}, generator);
+  const at::Tensor causal = at::full({1024, 1024}, -INFINITY).triu(1).view({1, 1, 1024, 1024});
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (const auto& [kv, mask] : std::vector<std::pair<at::Tensor, c10::optional<at::Tensor>>>{
+             {self_kv, c10::nullopt}, {text_kv, c10::nullopt}, {self_kv, causal}}) {
+      const at::Tensor qd = q.to(dtype), kvd = kv.to(dtype);
+      const c10::optional<at::Tensor> md = mask ? c10::optional<at::Tensor>(mask->to(dtype)) : c10::nullopt;
+      const std::string what = std::string(c10::toString(dtype)) + " keys " + std::to_string(kv.size(2)) + (mask ? " masked" : "");
+      const int64_t head_bytes = 1024 * kv.size(2) * qd.element_size();
+      compat::set_attention_score_budget(int64_t{1} << 40);
+      const at::Tensor whole = compat::scaled_dot_product_attention(qd, kvd, kvd, 0.158, md);
+      compat::set_attention_score_budget(3 * head_bytes);  // 3 of the 16 heads a slice
+      ASSERT_EQ(compat::attention_slices(16, 1024, kv.size(2), qd.element_size()).heads, 3);
+      EXPECT_TRUE(at::equal(whole, compat::scaled_dot_product_attention(qd, kvd, kvd, 0.158, md))) << what;
+      compat::set_attention_score_budget(head_bytes * 100 / 1024);  // 100 queries of one head a slice
+      const compat::AttentionSlices rows = compat::attention_slices(16, 1024, kv.size(2), qd.element_size());
+      ASSERT_EQ(rows.heads, 1);
+      ASSERT_EQ(rows.queries, 100);
+      const at::Tensor sliced = compat::scaled_dot_product_attention(qd, kvd, kvd, 0.158, md);
+      if (dtype == at::kFloat) EXPECT_TENSOR_NEAR_REL(sliced, whole, 1e-6);
+      else EXPECT_TRUE(at::equal(whole, sliced)) << what;  // bf16 products go through a row-stable kernel
+    }
+  }
+}
+
 UNet2DConditionModel load_tiny_unet() {
   UNet2DConditionModel unet(UNetConfig::from_json(JsonConfig::load(testing::golden_path("sd_tiny/unet/config.json"))));
   load_state_dict(*unet, testing::golden_file("sd_tiny/unet/diffusion_pytorch_model.safetensors"));

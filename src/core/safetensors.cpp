@@ -86,6 +86,14 @@ SafetensorsFile SafetensorsFile::open(const std::string& path) {
 
   uint64_t header_length = 0;
   for (int i = 7; i >= 0; --i) header_length = (header_length << 8) | bytes[i];
+  // PyTorch's own formats, a zip archive (torch.save since 1.6) or a bare pickle (protocol 2+),
+  // read as a header length, are far longer than the file.
+  const bool zip = bytes[0] == 'P' && bytes[1] == 'K' && bytes[2] == 3 && bytes[3] == 4;
+  const bool pickle = bytes[0] == 0x80 && bytes[1] >= 2 && bytes[1] <= 5;
+  if ((zip || pickle) && header_length > file_size - 8)
+    throw Error(fmt::format("{}: a PyTorch pickle checkpoint (.ckpt/.bin/.pt), not safetensors; singleinsert reads "
+                            "only .safetensors, since loading a pickle can run code (convert it with a trusted tool)",
+                            path));
   if (header_length > kMaxHeaderBytes || header_length > file_size - 8)
     throw Error(fmt::format("{}: corrupt or truncated safetensors file (header length {} but file "
                             "has {} bytes)",

@@ -9,6 +9,7 @@
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/tensor_format.h"
 #include "singleinsert/pipeline/prompt_encoding.h"
+#include "singleinsert/sampling/noise_schedule.h"
 #include "singleinsert/sampling/sampler.h"
 
 namespace singleinsert {
@@ -32,13 +33,16 @@ at::Tensor repeat_rows(const at::Tensor& x, int64_t times) {
 
 }  // namespace
 
-void validate_generate_options(const GenerateOptions& options, int64_t factor) {
+void validate_generate_options(const GenerateOptions& options, int64_t factor, int64_t train_timesteps) {
   if (options.prompts.empty()) throw Error("no prompt given");
   if (options.negative_prompts.size() > 1 && options.negative_prompts.size() != options.prompts.size())
     throw Error(fmt::format("{} negative prompts for {} prompts (give one for all, or one per prompt)",
                             options.negative_prompts.size(), options.prompts.size()));
   if (options.images_per_prompt < 1) throw Error(fmt::format("--images-per-prompt must be at least 1, got {}", options.images_per_prompt));
   if (options.steps < 1) throw Error(fmt::format("--steps must be at least 1, got {}", options.steps));
+  if (options.steps > train_timesteps)
+    throw Error(fmt::format("--steps {} is more than the scheduler's {} training timesteps", options.steps,
+                            train_timesteps));
   if (options.width <= 0 || options.height <= 0 || options.width % factor != 0 || options.height % factor != 0)
     throw Error(fmt::format("--width and --height must be positive multiples of {} (the VAE's downsampling factor), "
                             "got {}x{}",
@@ -70,7 +74,7 @@ at::Tensor to_uint8_pixels(const at::Tensor& images) {
 GeneratedImages generate(ModelBundle& bundle, const GenerateOptions& options, const ProgressCallback& progress,
                          DenoiseTrace* trace) {
   const int64_t factor = bundle.vae_scale_factor();
-  validate_generate_options(options, factor);
+  validate_generate_options(options, factor, NoiseScheduleConfig::from_json(bundle.scheduler_config).num_train_timesteps);
   const auto start = std::chrono::steady_clock::now();
   const auto device = bundle.execution.device;
   const auto dtype = bundle.execution.dtype;

@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -33,7 +34,9 @@
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/runtime.h"
 #include "singleinsert/core/torch_compat.h"
+#include "singleinsert/core/state_dict.h"
 #include "singleinsert/pipeline/default_model.h"
+#include "singleinsert/pipeline/memory_estimate.h"
 #include "singleinsert/pipeline/model_bundle.h"
 #include "singleinsert/pipeline/prompt_encoding.h"
 #include "singleinsert/pipeline/concepts.h"
@@ -72,12 +75,26 @@ void synchronize(const c10::Device& device) {
   if (!device.is_cpu()) at::zeros({1}, at::TensorOptions().device(device)).cpu();
 }
 
+// On Linux, writing 5 to clear_refs resets the peak RSS (VmHWM), so each scenario reports its own.
 void reset_peak_memory(const c10::Device& device) {
 #ifdef SINGLEINSERT_WITH_CUDA
   if (device.is_cuda()) c10::cuda::CUDACachingAllocator::resetPeakStats(device.index() < 0 ? 0 : device.index());
-#else
-  (void)device;
 #endif
+  if (device.is_cpu()) std::ofstream("/proc/self/clear_refs") << "5";
+}
+
+double status_field_mb(const std::string& field) {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  while (status >> key) {
+    if (key == field + ":") {
+      double kib = 0;
+      status >> kib;
+      return kib / 1024.0;
+    }
+    status.ignore(1 << 20, '\n');
+  }
+  return -1;
 }
 
 double peak_memory_mb(const c10::Device& device) {
@@ -89,6 +106,8 @@ double peak_memory_mb(const c10::Device& device) {
 #else
   (void)device;
 #endif
+  const double peak = status_field_mb("VmHWM");
+  if (peak >= 0) return peak;
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) / 1024.0;  // ru_maxrss is in KiB on Linux
@@ -203,6 +222,30 @@ std::map<std::string, Scenario> scenarios() {
   return all;
 }
 
+int64_t resident_weight_bytes(const ModelBundle& bundle) {
+  int64_t bytes = 0;
+  for (const torch::nn::Module* module : std::initializer_list<const torch::nn::Module*>{
+           bundle.text_encoder.get(), bundle.unet.get(), bundle.vae.get()})
+    for (const auto& [name, tensor] : module_tensors(*module)) bytes += tensor.numel() * tensor.element_size();
+  return bytes;
+}
+
+// The generation estimate for what a scenario runs (the weights are already resident, so the
+// check adds them back to what is available).
+MemoryEstimate estimate_scenario_memory(const ModelBundle& bundle, const std::string& name, int batch, int resolution) {
+  GenerationShape shape;
+  shape.width = shape.height = resolution;
+  shape.dtype = bundle.execution.dtype;
+  shape.images = name == "unet_forward" ? std::max(1, batch / 2) : batch;
+  shape.guided = name == "unet_forward" ? batch > 1 : true;
+  MemoryEstimate estimate = estimate_generation_memory(bundle.unet->config(), bundle.vae->config(), shape,
+                                                       resident_weight_bytes(bundle));
+  if (name == "unet_forward") estimate.vae_decode = 0;
+  if (name == "vae_decode" || name == "vae_encode" || name == "text_encode") estimate.unet = 0;
+  if (name == "text_encode") estimate.vae_decode = 0;
+  return estimate;
+}
+
 BenchOptions parse(int argc, char** argv) {
   BenchOptions o;
   auto value = [&](int& i) -> std::string {
@@ -265,12 +308,13 @@ int run(int argc, char** argv) {
                            {"device", execution.device.str()}, {"dtype", dtype_name(execution.dtype)},
                            {"resolution", options.resolution}, {"threads", runtime.threads},
                            {"allocator", runtime.allocator}, {"torch", TORCH_VERSION},
-                           {"load_seconds", load_seconds}, {"scenarios", nlohmann::json::array()}};
+                           {"load_seconds", load_seconds}, {"resident_after_load_mb", status_field_mb("VmRSS")},
+                           {"scenarios", nlohmann::json::array()}};
   if (!options.json)
-    std::printf("model %s on %s (%s), %d px, %d threads, %s allocator, LibTorch %s\n",
+    std::printf("model %s on %s (%s), %d px, %d threads, %s allocator, LibTorch %s, %.0f MB resident after load\n",
                 report["model"].get<std::string>().c_str(), execution.device.str().c_str(),
                 dtype_name(execution.dtype).c_str(), options.resolution, runtime.threads, runtime.allocator.c_str(),
-                TORCH_VERSION);
+                TORCH_VERSION, report["resident_after_load_mb"].get<double>());
 
   for (const auto& name : options.scenarios) {
     reset_peak_memory(execution.device);
@@ -311,6 +355,11 @@ int run(int argc, char** argv) {
     at::NoGradGuard no_grad;
     const Scenario& scenario = all.at(name);
     const int batch = options.batch > 0 ? options.batch : scenario.default_batch;
+    const MemoryEstimate estimate = estimate_scenario_memory(*bundle, name, batch, options.resolution);
+    if (execution.device.is_cpu())
+      require_memory(estimate, available_memory_bytes() + resident_weight_bytes(*bundle),
+                     fmt::format("scenario {} at {} px, batch {}", name, options.resolution, batch),
+                     "use a smaller --resolution or --batch");
     const auto body = scenario.prepare(*bundle, options, batch);
     flops::start();
     body();  // the first run doubles as warm-up and FLOP count
@@ -336,13 +385,15 @@ int run(int argc, char** argv) {
                                 {"it_per_s", 1000.0 / median},
                                 {"peak_memory_mb", peak_memory_mb(execution.device)},
                                 {"memory_kind", execution.device.is_cpu() ? "cpu peak RSS" : "cuda peak allocated"},
+                                {"estimated_peak_mb", static_cast<double>(estimate.peak()) / (1024.0 * 1024.0)},
                                 {"gflop", static_cast<double>(flop_count) / 1e9},
                                 {"tflop_per_s", static_cast<double>(flop_count) / (median / 1000.0) / 1e12}};
     report["scenarios"].push_back(row);
     if (!options.json)
-      std::printf("%-13s batch %d  median %9.1f ms  [%.1f .. %.1f]  %7.3f it/s  %7.0f MB peak  %8.1f GFLOP  %.3f TFLOP/s\n",
+      std::printf("%-13s batch %d  median %9.1f ms  [%.1f .. %.1f]  %7.3f it/s  %7.0f MB peak (%.0f estimated)  %8.1f GFLOP  %.3f TFLOP/s\n",
                   name.c_str(), batch, median, ms.front(), ms.back(), 1000.0 / median,
-                  row["peak_memory_mb"].get<double>(), row["gflop"].get<double>(), row["tflop_per_s"].get<double>());
+                  row["peak_memory_mb"].get<double>(), row["estimated_peak_mb"].get<double>(), row["gflop"].get<double>(),
+                  row["tflop_per_s"].get<double>());
   }
   if (options.json) std::printf("%s\n", report.dump(2).c_str());
   std::error_code ignored;

@@ -82,6 +82,16 @@ int64_t vae_factor(const ModelFlags& flags) {
   return vae ? VaeConfig::from_json(*vae).downsampling_factor() : VaeConfig().downsampling_factor();
 }
 
+UNetConfig unet_config(const ModelFlags& flags) {
+  const auto unet = config_file(flags, "unet");
+  return unet ? UNetConfig::from_json(*unet) : UNetConfig::sd15();
+}
+
+VaeConfig vae_config(const ModelFlags& flags) {
+  const auto vae = config_file(flags, "vae");
+  return vae ? VaeConfig::from_json(*vae) : VaeConfig();
+}
+
 int native_image_size(const ModelFlags& flags) {
   const auto unet = config_file(flags, "unet");
   return (unet ? unet->get_int("sample_size", 64) : 64) * static_cast<int>(vae_factor(flags));

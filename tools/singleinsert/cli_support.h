@@ -55,5 +55,8 @@ void add_model_flags(CLI::App* command, ModelFlags& flags);
 // The model's native image size (UNet sample_size x VAE factor; 512 for SD v1.5).
 int native_image_size(const ModelFlags& flags);
 int64_t vae_factor(const ModelFlags& flags);
+// The UNet's and VAE's configs, read without loading weights (SD v1.5's when a file has none).
+UNetConfig unet_config(const ModelFlags& flags);
+VaeConfig vae_config(const ModelFlags& flags);
 
 }  // namespace singleinsert::cli

@@ -15,9 +15,12 @@
 #include "singleinsert/io/plots.h"
 #include "singleinsert/io/png.h"
 #include "singleinsert/pipeline/concepts.h"
+#include "singleinsert/pipeline/memory_estimate.h"
 #include "singleinsert/pipeline/model_bundle.h"
 #include "singleinsert/pipeline/text_to_image.h"
+#include "singleinsert/sampling/noise_schedule.h"
 #include "singleinsert/sampling/sampler.h"
+#include "singleinsert/core/json_config.h"
 
 namespace fs = std::filesystem;
 
@@ -43,7 +46,25 @@ void run_generate(GenerateArgs& args) {
   if (!fs::exists(args.model.model)) throw Error(fmt::format("{}: no such model folder or file", args.model.model));
   if (options.width == 0) options.width = native_image_size(args.model);
   if (options.height == 0) options.height = native_image_size(args.model);
-  validate_generate_options(options, vae_factor(args.model));
+  const fs::path scheduler = fs::path(args.model.model) / "scheduler" / "scheduler_config.json";
+  validate_generate_options(options, vae_factor(args.model),
+                            fs::exists(scheduler) ? NoiseScheduleConfig::from_json(JsonConfig::load(scheduler.string())).num_train_timesteps
+                                                  : NoiseScheduleConfig().num_train_timesteps);
+  if (execution.device.is_cpu()) {
+    GenerationShape shape;
+    shape.images = static_cast<int64_t>(options.prompts.size()) * options.images_per_prompt;
+    shape.guided = options.guidance_scale > 1.0;
+    shape.width = options.width;
+    shape.height = options.height;
+    shape.dtype = execution.dtype;
+    const VaeConfig vae = vae_config(args.model);
+    const bool vae_fp32 = vae.force_upcast || execution.dtype == at::kFloat;
+    require_memory(estimate_generation_memory(unet_config(args.model), vae, shape,
+                                              model_weight_bytes(args.model.model, execution.dtype, vae_fp32)),
+                   available_memory_bytes(),
+                   fmt::format("{} image(s) of {}x{}", shape.images, options.width, options.height),
+                   "use a smaller --width/--height or fewer prompts and --images-per-prompt");
+  }
   if (!args.initial_latents.empty()) {
     const SafetensorsFile file = SafetensorsFile::open(args.initial_latents);
     if (file.size() != 1) throw Error(fmt::format("{}: expected exactly one tensor of latents", args.initial_latents));

@@ -102,6 +102,12 @@ void apply_overrides(const TrainArgs& args, int stage, TrainingConfig& config) {
 // Loads an image or mask, reporting the conversions that were needed.
 at::Tensor load_picture(const std::string& path, const std::string& role) {
   LoadedImage loaded = read_image_rgb(path);
+  // Upsampled from fewer pixels than this, a photo holds nothing to learn a concept from.
+  constexpr int64_t kMinSide = 16;
+  const int64_t height = loaded.pixels.size(0), width = loaded.pixels.size(1);
+  if (width < kMinSide || height < kMinSide)
+    throw Error(fmt::format("{}: the {} is {}x{} pixels; at least {}x{} is needed", path, role, width, height, kMinSide,
+                            kMinSide));
   for (const auto& note : loaded.notes)
     if (role != "mask" || note != "grayscale expanded to RGB")  // single-channel masks are the norm
       spdlog::warn("{} {}: {}", role, path, note);
@@ -308,6 +314,14 @@ ClipVisionModel make_encoder(const TrainingConfig& config, int64_t text_width) {
   return ClipVisionModel(encoder_config);
 }
 
+// A run killed before its first checkpoint leaves a staging folder with nothing to resume from:
+// --resume then starts over rather than sending the user to --overwrite.
+std::optional<std::pair<TrainingState, std::string>> load_checkpoint_or_start_over(const ConceptBuilder& builder) {
+  auto saved = builder.load_checkpoint();
+  if (!saved) spdlog::warn("{}: no checkpoint had been written yet; starting from the beginning", builder.staging());
+  return saved;
+}
+
 void run_invert(InvertArgs& args) {
   install_interrupt_handler();
   const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
@@ -316,9 +330,8 @@ void run_invert(InvertArgs& args) {
   nlohmann::json saved_run;
   StageRun r;
   r.config.apply_json(preset_json(args.preset), args.preset);
-  if (args.resume) {
-    auto saved = builder.load_checkpoint();
-    if (!saved) throw Error(fmt::format("{}: no checkpoint to resume from", builder.staging()));
+  auto saved = args.resume ? load_checkpoint_or_start_over(builder) : std::nullopt;
+  if (saved) {
     const auto run = nlohmann::json::parse(saved->second);
     saved_run = run;
     r.config = TrainingConfig();
@@ -392,9 +405,8 @@ void run_finetune(FinetuneArgs& args) {
   const auto parent_json = nlohmann::json::parse(parent.json);
   r.config.apply_json(parent_json.at("training").dump(), args.concept + "/concept.json");
   std::optional<TrainingState> checkpoint;
-  if (args.resume) {
-    auto saved = builder.load_checkpoint();
-    if (!saved) throw Error(fmt::format("{}: no checkpoint to resume from", builder.staging()));
+  auto saved = args.resume ? load_checkpoint_or_start_over(builder) : std::nullopt;
+  if (saved) {
     r.config = TrainingConfig();
     r.config.apply_json(nlohmann::json::parse(saved->second).at("training").dump(), "checkpoint");
     checkpoint = saved->first;

@@ -21,6 +21,19 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
                                         const c10::optional<at::Tensor>& additive_mask = c10::nullopt,
                                         bool upcast_softmax = true);
 
+// On the written-out path the scores are computed a group of heads at a time so that one
+// group's score matrix stays within this many bytes (1 GiB by default), and a group of queries at
+// a time when a single head is over budget. Head groups change no bit of the result; query groups
+// can change the last bit, since a BLAS GEMM's rows depend on how many rows it is given.
+void set_attention_score_budget(int64_t bytes);
+int64_t attention_score_budget();
+
+struct AttentionSlices {
+  int64_t heads = 1;    // batch x heads rows of [B*H, Lq, Lk] per slice
+  int64_t queries = 1;  // queries per slice (all of them unless one head is over budget)
+};
+AttentionSlices attention_slices(int64_t batch_heads, int64_t queries, int64_t keys, int64_t element_size);
+
 // Mixed precision for a scope: matrix products and convolutions on `device_type` run in `dtype`
 // (bf16, or fp16 on CUDA), norms and reductions stay in float32. Restores the previous state.
 class AutocastGuard {

@@ -38,7 +38,8 @@ struct GeneratedImages {
 };
 
 // Throws Error for options that cannot run (sizes, steps, counts, unknown sampler).
-void validate_generate_options(const GenerateOptions& options, int64_t vae_scale_factor);
+void validate_generate_options(const GenerateOptions& options, int64_t vae_scale_factor,
+                               int64_t train_timesteps = 1000);
 
 // The seeded starting noise: one float32 randn of [count, channels, h, w] on a CPU
 // torch.Generator seeded with `seed` (what diffusers draws for the same seed).
