@@ -56,24 +56,29 @@ for trial in $(seq 1 "$trials"); do
   pid=$!
   sleep "$delay"
   kill -9 "$pid" 2>/dev/null || true
-  wait "$pid" 2>/dev/null || true
+  status=0
+  wait "$pid" 2>/dev/null || status=$?
   # Where the kill landed: the last complete checkpoint, and whether a new one was being written.
   checkpoint="none"
   for dir in checkpoint checkpoint.old; do
     state="$out.partial/$dir/state.json"
-    if [ -f "$state" ]; then checkpoint="step $(grep -o '"step": *[0-9]*' "$state" | head -1 | grep -o '[0-9]*$')"; break; fi
+    if [ -f "$state" ]; then checkpoint="step $(grep -o '"step": *[0-9]*' "$state" | tail -1 | grep -o '[0-9]*$')"; break; fi
   done
   mid_write="no"; [ -d "$out.partial/checkpoint.next" ] && mid_write="yes"
   left=""
-  if [ -e "$out" ]; then left="left $out behind"; fi
-  "${command[@]}" --resume >/dev/null 2>>"$work/trial$trial.log"
+  if [ "$status" = 0 ]; then
+    checkpoint="(finished before the kill)"
+  else
+    if [ -e "$out" ]; then left="left $out behind"; fi
+    "${command[@]}" --resume >/dev/null 2>>"$work/trial$trial.log"
+  fi
   same="identical"
   for file in $(result_files "$reference"); do
     cmp -s "$reference/$file" "$out/$file" || same="DIFFERS ($file)"
   done
   [ "$(result_files "$reference")" = "$(result_files "$out")" ] || same="DIFFERS (files)"
   if [ "$same" != "identical" ] || [ -n "$left" ]; then failures=$((failures + 1)); fi
-  printf 'trial %2d: stage %s, killed at %6.2fs of %5.2fs, last checkpoint %-8s, mid-write %-3s -> resumed %s %s\n' \
+  printf 'trial %2d: stage %s, killed at %6.2fs of %5.2fs, last checkpoint %-9s, mid-write %-3s -> %s %s\n' \
     "$trial" "$stage" "$delay" "$total" "$checkpoint" "$mid_write" "$same" "$left"
 done
 echo "$((trials - failures)) of $trials trials resumed to the uninterrupted result and left no half-written concept"

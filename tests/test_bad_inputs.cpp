@@ -301,6 +301,9 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
   refused("--resolution 4 for training", invert_args(preset, out, image_file(), mask_file(), {"--resolution", "4"}),
           "--resolution 4 is too small");
 
+  warned("--resume where no run was started", invert_args(preset, dir + "/resume_ok", image_file(), mask_file(), {"--resume"}),
+         "nothing to resume");
+
   // --- output folders ---
   {
     write_file_atomic(dir + "/a_file", "not a folder");

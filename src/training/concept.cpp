@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -109,7 +110,8 @@ ConceptBuilder::ConceptBuilder(const std::string& path, bool overwrite, bool res
                               "start over)",
                               path_, staging_));
   } else if (resume) {
-    throw Error(fmt::format("{}: nothing to resume (no {})", path_, staging_));
+    // Killed before it had created anything: --resume starts the run rather than refusing.
+    spdlog::warn("{}: nothing to resume (no {}); starting from the beginning", path_, staging_);
   }
   ensure_writable_directory(staging_);
 }
