@@ -95,6 +95,31 @@ TEST(Safetensors, RejectsMalformedFiles) {
   expect_rejected("entry.safetensors", with_header(R"({"a":{"dtype":"F32"}})", ""), "malformed header entry");
 }
 
+// The fuzzer's seed corpus and every input it ever crashed on (fuzz/regressions/safetensors/):
+// each must load or fail with singleinsert::Error, never anything else. The seeds are valid files.
+TEST(Safetensors, FuzzCorpusAndRegressionsLoadOrFailCleanly) {
+  namespace fs = std::filesystem;
+  int files = 0, valid = 0;
+  for (const char* folder : {"fuzz/corpus/safetensors", "fuzz/regressions/safetensors"}) {
+    const fs::path dir = fs::path(SINGLEINSERT_SOURCE_DIR) / folder;
+    if (!fs::is_directory(dir)) continue;
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      ++files;
+      try {
+        const SafetensorsFile file = SafetensorsFile::open(entry.path().string());
+        for (const auto& key : file.keys()) (void)file.tensor(key);
+        ++valid;
+      } catch (const Error&) {
+        EXPECT_NE(std::string(folder).find("regressions"), std::string::npos) << entry.path() << " is a seed";
+      } catch (const std::exception& other) {
+        ADD_FAILURE() << entry.path() << ": " << other.what();
+      }
+    }
+  }
+  EXPECT_GE(files, 5);
+  EXPECT_GE(valid, 5);
+}
+
 TEST(Safetensors, MissingFileNamesThePath) {
   try {
     SafetensorsFile::open("/nonexistent/dir/model.safetensors");

@@ -5,8 +5,14 @@
 
 #include <ATen/ATen.h>
 
+#include <filesystem>
+#include <functional>
+
 #include "golden.h"
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
 #include "singleinsert/core/json_config.h"
+#include "singleinsert/models/clip_config.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/state_dict.h"
 #include "singleinsert/core/torch_compat.h"
@@ -74,6 +80,38 @@ TEST(Attention, SlicesOfHeadsAreBitIdenticalAndSlicesOfQueriesAgree) {
       else EXPECT_TRUE(at::equal(whole, sliced)) << what;  // bf16 products go through a row-stable kernel
     }
   }
+}
+
+// The config fuzzer's seeds and findings (fuzz/corpus/configs, fuzz/regressions/configs): every
+// config reader either builds a config or throws singleinsert::Error. The first finding was a
+// float beyond int's range cast to int (undefined behaviour) for cross_attention_dim.
+TEST(UNetConfig, FuzzCorpusAndRegressionsBuildOrFailCleanly) {
+  namespace fs = std::filesystem;
+  int files = 0;
+  for (const char* folder : {"fuzz/corpus/configs", "fuzz/regressions/configs"}) {
+    for (const auto& entry : fs::directory_iterator(fs::path(SINGLEINSERT_SOURCE_DIR) / folder)) {
+      ++files;
+      const std::string text = read_file(entry.path().string());
+      const std::vector<std::function<void()>> readers = {
+          [&] { UNetConfig::from_json(JsonConfig::parse(text, "unet")).validate(); },
+          [&] { (void)ClipTextConfig::from_json(JsonConfig::parse(text, "clip text")); },
+          [&] { (void)ClipVisionConfig::from_json(JsonConfig::parse(text, "clip vision")); }};
+      for (const auto& read : readers) {
+        try {
+          read();
+        } catch (const Error&) {
+        } catch (const std::exception& other) {
+          ADD_FAILURE() << entry.path() << ": " << other.what();
+        }
+      }
+    }
+  }
+  EXPECT_GE(files, 5);
+  const JsonConfig huge = JsonConfig::parse(R"({"cross_attention_dim": 1e46, "layers_per_block": 4294967296})", "huge");
+  EXPECT_THROW(huge.get_int("cross_attention_dim", 0), Error);
+  EXPECT_THROW(huge.get_int("layers_per_block", 0), Error);
+  EXPECT_EQ(JsonConfig::parse(R"({"a": 32.0, "b": 2147483647})", "whole").get_int("a", 0), 32);
+  EXPECT_EQ(JsonConfig::parse(R"({"a": 32.0, "b": 2147483647})", "whole").get_int("b", 0), 2147483647);
 }
 
 UNet2DConditionModel load_tiny_unet() {

@@ -3,8 +3,9 @@
 #include <fmt/format.h>
 
 #include <cmath>
-
+#include <limits>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
@@ -73,15 +74,35 @@ namespace {
                              const char* expected) {
   throw Error(fmt::format("{}: '{}' should be {}, got {}", origin, key, expected, value.dump()));
 }
+
+// An int, if the value is one: a JSON integer or a whole float within int's range (a cast of an
+// out-of-range float is undefined behaviour, and of a wider integer a silent wrap).
+std::optional<int> as_int(const nlohmann::json& value) {
+  if (value.is_number_unsigned()) {
+    const auto v = value.get<uint64_t>();
+    if (v <= static_cast<uint64_t>(std::numeric_limits<int>::max())) return static_cast<int>(v);
+    return std::nullopt;
+  }
+  if (value.is_number_integer()) {
+    const auto v = value.get<int64_t>();
+    if (v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max()) return static_cast<int>(v);
+    return std::nullopt;
+  }
+  if (value.is_number_float()) {
+    const double v = value.get<double>();
+    if (std::isfinite(v) && v >= std::numeric_limits<int>::min() && v <= std::numeric_limits<int>::max() &&
+        v == std::floor(v))
+      return static_cast<int>(v);
+  }
+  return std::nullopt;
+}
 }  // namespace
 
 int JsonConfig::get_int(const std::string& key, int fallback) const {
   if (!has(key)) return fallback;
   const auto& value = json_->at(key);
-  if (value.is_number_integer()) return value.get<int>();
-  if (value.is_number_float() && value.get<double>() == static_cast<int>(value.get<double>()))
-    return static_cast<int>(value.get<double>());
-  wrong_type(origin_, key, value, "an integer");
+  if (const auto v = as_int(value)) return *v;
+  wrong_type(origin_, key, value, "an integer (within +-2147483647)");
 }
 
 double JsonConfig::get_double(const std::string& key, double fallback) const {
@@ -114,12 +135,15 @@ std::string JsonConfig::get_string(const std::string& key, const std::string& fa
 std::vector<int> JsonConfig::get_int_list(const std::string& key, const std::vector<int>& fallback) const {
   if (!has(key)) return fallback;
   const auto& value = json_->at(key);
-  if (value.is_number_integer()) return {value.get<int>()};
+  if (value.is_number_integer()) {
+    if (const auto v = as_int(value)) return {*v};
+  }
   if (!value.is_array()) wrong_type(origin_, key, value, "an integer or a list of integers");
   std::vector<int> out;
   for (const auto& item : value) {
-    if (!item.is_number_integer()) wrong_type(origin_, key, value, "a list of integers");
-    out.push_back(item.get<int>());
+    const auto v = item.is_number_integer() ? as_int(item) : std::nullopt;
+    if (!v) wrong_type(origin_, key, value, "a list of integers (each within +-2147483647)");
+    out.push_back(*v);
   }
   return out;
 }
