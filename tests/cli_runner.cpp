@@ -1,5 +1,7 @@
 #include "cli_runner.h"
 
+#include "golden.h"
+
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -36,6 +38,19 @@ std::string fresh_temp_dir(const std::string& name) {
                        (name + "_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
   fs::remove_all(dir);
   fs::create_directories(dir);
+  return dir.string();
+}
+
+std::string linked_tiny_model(const std::string& name, const std::string& parent) {
+  const fs::path dir = parent.empty() ? fs::path(fresh_temp_dir(name)) : fs::path(parent) / name;
+  fs::create_directories(dir);
+  const fs::path source = golden_path("sd_tiny");
+  fs::copy_file(source / "model_index.json", dir / "model_index.json");
+  for (const char* component : {"tokenizer", "text_encoder", "unet", "vae", "scheduler"}) {
+    fs::create_directories(dir / component);
+    for (const auto& entry : fs::directory_iterator(source / component))
+      fs::create_symlink(entry.path(), dir / component / entry.path().filename());
+  }
   return dir.string();
 }
 

@@ -27,6 +27,10 @@ CliResult wait_cli(const CliProcess& process);
 std::string write_tiny_training_preset(const std::string& dir, int stage1_steps = 3, double lr = 1e-3,
                                        int checkpoint_every = 0);
 
+// A diffusers folder whose components link to sd_tiny's, so that one of its files can be
+// replaced: parent/name, or a fresh temp dir when no parent is given.
+std::string linked_tiny_model(const std::string& name, const std::string& parent = "");
+
 // A fresh empty folder under the system temp dir, unique per call.
 std::string fresh_temp_dir(const std::string& name);
 

@@ -50,20 +50,6 @@ std::string unet_file(const std::string& model) { return model + "/unet/diffusio
 std::string image_file() { return testing::golden_path("singleinsert_losses/instance_image.png"); }
 std::string mask_file() { return testing::golden_path("singleinsert_losses/mask.png"); }
 
-// A diffusers folder whose components link to sd_tiny's, so that one file can be replaced.
-std::string linked_tiny_model(const std::string& dir, const std::string& name) {
-  const fs::path root = fs::path(dir) / name;
-  const fs::path source = tiny_model();
-  fs::create_directories(root);
-  fs::copy_file(source / "model_index.json", root / "model_index.json");
-  for (const char* component : {"tokenizer", "text_encoder", "unet", "vae", "scheduler"}) {
-    fs::create_directories(root / component);
-    for (const auto& entry : fs::directory_iterator(source / component))
-      fs::create_symlink(entry.path(), root / component / entry.path().filename());
-  }
-  return root.string();
-}
-
 void replace_file(const std::string& path, const std::string& bytes) {
   fs::remove(path);
   std::ofstream(path, std::ios::binary) << bytes;
@@ -164,12 +150,12 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
   int models = 0;
   // A linked sd_tiny whose UNet weights are `bytes`.
   auto model_with_unet = [&](const std::string& bytes) {
-    const std::string model = linked_tiny_model(dir, "model" + std::to_string(models++));
+    const std::string model = testing::linked_tiny_model("model" + std::to_string(models++), dir);
     replace_file(unet_file(model), bytes);
     return model;
   };
   auto model_with_file = [&](const std::string& relative, const std::string& bytes) {
-    const std::string model = linked_tiny_model(dir, "model" + std::to_string(models++));
+    const std::string model = testing::linked_tiny_model("model" + std::to_string(models++), dir);
     replace_file(model + "/" + relative, bytes);
     return model;
   };
@@ -177,7 +163,7 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
   // --- model folders and weight files ---
   refused("a model folder that does not exist", generate_args(dir + "/missing_model", out), "no such model folder");
   {
-    const std::string model = linked_tiny_model(dir, "no_vae");
+    const std::string model = testing::linked_tiny_model("no_vae", dir);
     fs::remove_all(model + "/vae");
     refused("a model folder without its vae/", generate_args(model, out), "missing the vae/ folder");
   }

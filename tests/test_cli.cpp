@@ -23,6 +23,7 @@ namespace {
 
 using testing::CliResult;
 using testing::fresh_temp_dir;
+using testing::linked_tiny_model;
 using testing::run_cli;
 
 const char* kPrompt = "a photo of an astronaut riding a horse on mars";
@@ -38,19 +39,6 @@ std::vector<std::string> with(std::vector<std::string> args, const std::vector<s
 }
 
 at::Tensor pixels(const std::string& path) { return read_image_rgb(path).pixels; }
-
-// A diffusers folder whose components link to sd_tiny's, so one of them can be broken.
-std::string linked_tiny_model(const std::string& name) {
-  const fs::path dir = fresh_temp_dir(name);
-  const fs::path source = testing::golden_path("sd_tiny");
-  fs::copy_file(source / "model_index.json", dir / "model_index.json");
-  for (const char* component : {"tokenizer", "text_encoder", "unet", "vae", "scheduler"}) {
-    fs::create_directories(dir / component);
-    for (const auto& entry : fs::directory_iterator(source / component))
-      fs::create_symlink(entry.path(), dir / component / entry.path().filename());
-  }
-  return dir.string();
-}
 
 void replace_unet_weights(const std::string& model, const std::string& bytes) {
   const fs::path file = fs::path(model) / "unet" / "diffusion_pytorch_model.safetensors";
