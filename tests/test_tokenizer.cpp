@@ -2,6 +2,8 @@
 // golden/tokenizer/clip_tokenizer_cases.json (Unicode, HTML entities, mojibake, truncation).
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include <nlohmann/json.hpp>
 
 #include "golden.h"
@@ -71,6 +73,20 @@ TEST(ClipTokenizer, AddedTokensAreMatchedBeforeBpe) {
   tokenizer.add_token("_*_x");
   EXPECT_EQ(tokenizer.encode("_*_x")[0], 49409);
   EXPECT_NE(tokenizer.encode("_*_X")[0], 49409);
+}
+
+TEST(ClipTokenizer, CopiesShareTheVocabularyButNotTheAddedTokens) {
+  const ClipTokenizer original = sd_tokenizer();
+  ClipTokenizer copy = original;
+  EXPECT_EQ(copy.add_token("<toy>"), 49408);
+  EXPECT_TRUE(copy.is_added_token("<toy>"));
+  EXPECT_FALSE(original.has_token("<toy>"));
+  EXPECT_EQ(original.vocab_size(), 49408);
+  EXPECT_EQ(copy.vocab_size(), 49409);
+  EXPECT_EQ(copy.decode(copy.encode("a <toy> cat")), "a <toy> cat");
+  const auto plain = original.encode("a <toy> cat");  // "<", "toy", ">" as ordinary tokens
+  EXPECT_EQ(std::count(plain.begin(), plain.end(), 49408), 0);
+  EXPECT_EQ(plain.size(), 5u);
 }
 
 TEST(TextNormalizer, AppliesFtfyFixes) {

@@ -124,7 +124,8 @@ std::vector<std::string> ClipTokenizer::byte_alphabet() {
 
 ClipTokenizer ClipTokenizer::from_files(const std::string& vocab_json, const std::string& merges_txt) {
   ClipTokenizer tokenizer;
-  build_byte_map(tokenizer.byte_to_unicode_, tokenizer.unicode_to_byte_);
+  auto vocabulary = std::make_shared<Vocabulary>();
+  build_byte_map(vocabulary->byte_to_unicode, vocabulary->unicode_to_byte);
   tokenizer.cache_ = std::make_shared<std::unordered_map<std::string, std::vector<std::string>>>();
 
   const nlohmann::json vocab = read_json(vocab_json);
@@ -133,11 +134,11 @@ ClipTokenizer ClipTokenizer::from_files(const std::string& vocab_json, const std
   for (const auto& [token, id] : vocab.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
       throw Error(fmt::format("{}: token '{}' has an invalid id", vocab_json, token));
-    tokenizer.encoder_[token] = id.get<int64_t>();
+    vocabulary->encoder[token] = id.get<int64_t>();
     max_id = std::max(max_id, id.get<int64_t>());
   }
-  tokenizer.decoder_.assign(max_id + 1, std::string());
-  for (const auto& [token, id] : tokenizer.encoder_) tokenizer.decoder_[id] = token;
+  vocabulary->decoder.assign(max_id + 1, std::string());
+  for (const auto& [token, id] : vocabulary->encoder) vocabulary->decoder[id] = token;
 
   std::istringstream merges(read_file(merges_txt));
   std::string line;
@@ -149,13 +150,14 @@ ClipTokenizer ClipTokenizer::from_files(const std::string& vocab_json, const std
     const size_t space = line.find(' ');
     if (space == std::string::npos || line.find(' ', space + 1) != std::string::npos)
       throw Error(fmt::format("{}: malformed merge line {}: '{}'", merges_txt, rank + 2, line));
-    tokenizer.merge_ranks_.emplace(line, rank++);
+    vocabulary->merge_ranks.emplace(line, rank++);
   }
+  tokenizer.vocabulary_ = vocabulary;
   // The conventional special tokens; load() refines them from the folder's configuration.
   for (const auto& [name, field] : {std::pair<const char*, int64_t*>{"<|startoftext|>", &tokenizer.bos_id_},
                                     {"<|endoftext|>", &tokenizer.eos_id_}}) {
-    auto it = tokenizer.encoder_.find(name);
-    if (it == tokenizer.encoder_.end())
+    auto it = tokenizer.vocabulary_->encoder.find(name);
+    if (it == tokenizer.vocabulary_->encoder.end())
       throw Error(fmt::format("{}: the vocabulary has no '{}' token", vocab_json, name));
     *field = it->second;
     tokenizer.added_tokens_[name] = it->second;
@@ -174,8 +176,8 @@ ClipTokenizer ClipTokenizer::load(const std::string& directory) {
 
   auto resolve = [&](const std::string& token, int64_t* field, const char* role) {
     if (token.empty()) return;
-    auto it = tokenizer.encoder_.find(token);
-    if (it == tokenizer.encoder_.end())
+    auto it = tokenizer.vocabulary_->encoder.find(token);
+    if (it == tokenizer.vocabulary_->encoder.end())
       throw Error(fmt::format("{}: {} token '{}' is not in the vocabulary", directory, role, token));
     *field = it->second;
     tokenizer.added_tokens_[token] = it->second;
@@ -211,15 +213,22 @@ ClipTokenizer ClipTokenizer::load(const std::string& directory) {
   return tokenizer;
 }
 
-int64_t ClipTokenizer::vocab_size() const { return static_cast<int64_t>(decoder_.size()); }
+int64_t ClipTokenizer::vocab_size() const {
+  return static_cast<int64_t>(vocabulary_->decoder.size() + added_decoder_.size());
+}
+
+const std::string& ClipTokenizer::token_text(int64_t id) const {
+  const int64_t base = static_cast<int64_t>(vocabulary_->decoder.size());
+  return id < base ? vocabulary_->decoder[id] : added_decoder_[id - base];
+}
 
 bool ClipTokenizer::has_token(const std::string& text) const {
-  return added_tokens_.count(text) || encoder_.count(text);
+  return added_tokens_.count(text) || vocabulary_->encoder.count(text);
 }
 
 int64_t ClipTokenizer::token_id(const std::string& text) const {
   if (auto it = added_tokens_.find(text); it != added_tokens_.end()) return it->second;
-  if (auto it = encoder_.find(text); it != encoder_.end()) return it->second;
+  if (auto it = vocabulary_->encoder.find(text); it != vocabulary_->encoder.end()) return it->second;
   throw Error(fmt::format("token '{}' is not in the vocabulary", text));
 }
 
@@ -227,7 +236,7 @@ int64_t ClipTokenizer::add_token(const std::string& text) {
   if (text.empty()) throw Error("cannot add an empty token");
   if (auto it = added_tokens_.find(text); it != added_tokens_.end()) return it->second;
   const int64_t id = vocab_size();
-  decoder_.push_back(text);
+  added_decoder_.push_back(text);
   added_tokens_[text] = id;
   return id;
 }
@@ -244,8 +253,8 @@ std::vector<std::string> ClipTokenizer::bpe(const std::string& word) const {
     int best_rank = std::numeric_limits<int>::max();
     size_t best = 0;
     for (size_t i = 0; i + 1 < symbols.size(); ++i) {
-      auto it = merge_ranks_.find(symbols[i] + " " + symbols[i + 1]);
-      if (it != merge_ranks_.end() && it->second < best_rank) {
+      auto it = vocabulary_->merge_ranks.find(symbols[i] + " " + symbols[i + 1]);
+      if (it != vocabulary_->merge_ranks.end() && it->second < best_rank) {
         best_rank = it->second;
         best = i;
       }
@@ -276,10 +285,10 @@ std::vector<int64_t> ClipTokenizer::encode_plain(const std::string& text) const 
   std::vector<int64_t> ids;
   for (const std::u32string& word : split_words(utf8_to_utf32(normalize_clip_text(text)))) {
     std::string mapped;
-    for (unsigned char byte : utf32_to_utf8(word)) mapped += byte_to_unicode_[byte];
+    for (unsigned char byte : utf32_to_utf8(word)) mapped += vocabulary_->byte_to_unicode[byte];
     for (const std::string& token : bpe(mapped)) {
-      auto it = encoder_.find(token);
-      ids.push_back(it != encoder_.end() ? it->second : unk_id_);
+      auto it = vocabulary_->encoder.find(token);
+      ids.push_back(it != vocabulary_->encoder.end() ? it->second : unk_id_);
     }
   }
   return ids;
@@ -310,7 +319,7 @@ std::vector<int64_t> ClipTokenizer::encode(const std::string& text) const {
 
 std::vector<std::string> ClipTokenizer::tokens(const std::string& text) const {
   std::vector<std::string> out;
-  for (int64_t id : encode(text)) out.push_back(id < vocab_size() ? decoder_[id] : "<unk>");
+  for (int64_t id : encode(text)) out.push_back(id < vocab_size() ? token_text(id) : "<unk>");
   return out;
 }
 
@@ -345,8 +354,8 @@ std::string ClipTokenizer::decode(const std::vector<int64_t>& ids) const {
     const std::u32string chars = utf8_to_utf32(run);
     for (size_t i = 0; i < chars.size(); ++i) {
       const std::string c = utf32_to_utf8(chars.substr(i, 1));
-      auto it = unicode_to_byte_.find(c);
-      bytes += it != unicode_to_byte_.end() ? std::string(1, static_cast<char>(it->second)) : c;
+      auto it = vocabulary_->unicode_to_byte.find(c);
+      bytes += it != vocabulary_->unicode_to_byte.end() ? std::string(1, static_cast<char>(it->second)) : c;
     }
     std::string text = utf32_to_utf8(utf8_to_utf32(bytes));
     for (size_t at = text.find("</w>"); at != std::string::npos; at = text.find("</w>", at)) text.replace(at, 4, " ");
@@ -356,11 +365,11 @@ std::string ClipTokenizer::decode(const std::vector<int64_t>& ids) const {
   };
   for (int64_t id : ids) {
     if (id < 0 || id >= vocab_size()) continue;
-    if (id >= static_cast<int64_t>(encoder_.size())) {
+    if (id >= static_cast<int64_t>(vocabulary_->encoder.size())) {
       flush();
-      pieces.push_back(decoder_[id]);
+      pieces.push_back(token_text(id));
     } else {
-      run += decoder_[id];
+      run += token_text(id);
     }
   }
   flush();

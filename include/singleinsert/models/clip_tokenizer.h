@@ -39,7 +39,8 @@ class ClipTokenizer {
   // its new id (the next free one). A text that is already an added token keeps its id; one that
   // is an ordinary vocabulary entry is shadowed by the new id.
   int64_t add_token(const std::string& text);
-  bool is_vocabulary_token(const std::string& text) const { return encoder_.count(text) != 0; }
+  bool is_vocabulary_token(const std::string& text) const { return vocabulary_->encoder.count(text) != 0; }
+  bool is_added_token(const std::string& text) const { return added_tokens_.count(text) != 0; }
   bool has_token(const std::string& text) const;
   int64_t token_id(const std::string& text) const;  // throws if unknown
 
@@ -60,12 +61,20 @@ class ClipTokenizer {
   std::vector<std::string> bpe(const std::string& word) const;
   std::vector<int64_t> encode_plain(const std::string& text) const;
 
-  std::unordered_map<std::string, int64_t> encoder_;
-  std::vector<std::string> decoder_;  // id -> token
-  std::unordered_map<std::string, int> merge_ranks_;  // "first second" -> rank
+  // The trained vocabulary never changes, so copies of a tokenizer share it; only the tokens
+  // added after training are per copy.
+  struct Vocabulary {
+    std::unordered_map<std::string, int64_t> encoder;
+    std::vector<std::string> decoder;  // id -> token
+    std::unordered_map<std::string, int> merge_ranks;  // "first second" -> rank
+    std::string byte_to_unicode[256];
+    std::unordered_map<std::string, uint8_t> unicode_to_byte;
+  };
+  const std::string& token_text(int64_t id) const;
+
+  std::shared_ptr<const Vocabulary> vocabulary_ = std::make_shared<const Vocabulary>();
+  std::vector<std::string> added_decoder_;  // ids from vocabulary_->decoder.size() on
   std::map<std::string, int64_t> added_tokens_;
-  std::string byte_to_unicode_[256];
-  std::unordered_map<std::string, uint8_t> unicode_to_byte_;
   mutable std::shared_ptr<std::unordered_map<std::string, std::vector<std::string>>> cache_;
   int64_t bos_id_ = 49406, eos_id_ = 49407, pad_id_ = 49407, unk_id_ = 49407;
   int max_length_ = 77;
