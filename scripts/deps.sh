@@ -12,6 +12,7 @@ packages=(
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
   libopencv-dev zlib1g-dev  # image files (io layer and command line only)
   libgtest-dev libgmock-dev
+  clang libclang-rt-14-dev  # the fuzz harnesses (libFuzzer, AddressSanitizer, UndefinedBehaviorSanitizer)
 )
 
 missing=()

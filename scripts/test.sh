@@ -9,3 +9,11 @@ scripts/build.sh build Release
 echo "build finished in $(( $(date +%s) - start )) s" >&2
 build/tests/singleinsert_tests --gtest_brief=1
 echo "all tests passed in $(( $(date +%s) - start )) s" >&2
+# Each fuzz harness briefly from its seeds, when clang's libFuzzer is there (scripts/deps.sh
+# installs it; SINGLEINSERT_FUZZ_SECONDS=0 skips this).
+fuzz_seconds="${SINGLEINSERT_FUZZ_SECONDS:-30}"
+if [ "$fuzz_seconds" -gt 0 ] && command -v clang++ >/dev/null &&
+   compgen -G "/usr/lib/llvm-*/lib/clang/*/lib/linux/libclang_rt.fuzzer-x86_64.a" >/dev/null; then
+  scripts/fuzz.sh "$fuzz_seconds"
+  echo "fuzz harnesses passed in $(( $(date +%s) - start )) s" >&2
+fi

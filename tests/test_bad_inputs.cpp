@@ -251,6 +251,12 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
           "concept.json");
   refused("a concept whose embedding width differs from the model",
           generate_args(tiny_model(), out, {"--concept", dir + "/concept_wide"}), "1024 wide");
+  refused("a concept given a trigger of two words (DIR:TRIGGER)",
+          generate_args(tiny_model(), out, {"--concept", dir + "/concept_ok:two words"}), "must be one word");
+  refused("a LoRA scale that is not a number (FILE:nan)",
+          generate_args(tiny_model(), out, {"--lora", dir + "/other_lora.safetensors:nan"}), "must be a finite number");
+  refused("a LoRA whose alpha holds two values",
+          generate_args(tiny_model(), out, {"--lora", dir + "/two_alphas.safetensors"}), "an alpha is one number");
 
   // --- images and masks ---
   refused("an all-black mask", invert_args(preset, out, image_file(), dir + "/black_mask.png"), "the mask has no foreground");
@@ -336,6 +342,10 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
                          {"lora_unet_nonexistent_block_proj.alpha", at::full({}, 4.0)}};
     save_safetensors(dir + "/other_lora.safetensors", lora);
     save_safetensors(dir + "/lora.safetensors", lora);
+    const std::string module = "lora_te_text_model_encoder_layers_0_self_attn_q_proj";
+    save_safetensors(dir + "/two_alphas.safetensors", {{module + ".lora_down.weight", at::zeros({2, 32})},
+                                                       {module + ".lora_up.weight", at::zeros({32, 2})},
+                                                       {module + ".alpha", at::full({2}, 2.0)}});
     const std::string bytes = read_file(dir + "/other_lora.safetensors");
     std::ofstream(dir + "/truncated_lora.safetensors", std::ios::binary) << bytes.substr(0, bytes.size() - 7);
     save_safetensors(dir + "/wide_embedding.safetensors", {{"emb_params", at::zeros({1, 1024})}});

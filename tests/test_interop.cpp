@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
 #include <filesystem>
 #include <set>
 
@@ -19,6 +20,7 @@
 #include "singleinsert/formats/lora_layouts.h"
 #include "singleinsert/pipeline/concepts.h"
 #include "singleinsert/pipeline/model_bundle.h"
+#include "singleinsert/pipeline/prompt_encoding.h"
 #include "singleinsert/pipeline/text_to_image.h"
 
 namespace fs = std::filesystem;
@@ -243,6 +245,58 @@ TEST(Embeddings, BothLayoutsLoadAndMultiVectorTriggersExpand) {
   EXPECT_TRUE(at::equal(table[bundle->tokenizer.token_id("mystyle")], vectors[0]));
   save_safetensors(dir + "/wide.safetensors", to_a1111_embedding(at::zeros({1, 768})));
   EXPECT_THROW(apply_embeddings(*bundle, {{dir + "/wide.safetensors", ""}}), Error);
+}
+
+// What the fuzz harnesses found or made us check (fuzz/regressions/ replays the inputs): an
+// alpha tensor without exactly one value, metadata that is not a number, a trigger that is not
+// one word, a token another embedding already holds, and a LoRA scale that is not finite.
+TEST(Adapters, MalformedValuesAreClearErrors) {
+  const std::string dir = temp_dir("malformed_adapters");
+  const std::string module = "lora_te_text_model_encoder_layers_0_self_attn_q_proj";
+  NamedTensors lora = {{module + ".lora_down.weight", at::zeros({2, 32})}, {module + ".lora_up.weight", at::zeros({32, 2})}};
+  auto bundle = load_model_bundle(testing::golden_path("sd_tiny"));
+  const auto expect_error = [&](const std::string& file, const std::string& message) {
+    try {
+      apply_loras(*bundle, {{file, 1.0}});
+      ADD_FAILURE() << file << " loaded";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  };
+  NamedTensors empty_alpha = lora;
+  empty_alpha.emplace_back(module + ".alpha", at::zeros({0}));
+  save_safetensors(dir + "/empty_alpha.safetensors", empty_alpha);
+  expect_error(dir + "/empty_alpha.safetensors", "holds 0 values; an alpha is one number");
+  NamedTensors nan_alpha = lora;
+  nan_alpha.emplace_back(module + ".alpha", at::full({}, NAN));
+  save_safetensors(dir + "/nan_alpha.safetensors", nan_alpha);
+  expect_error(dir + "/nan_alpha.safetensors", "an alpha is a finite number >= 0");
+  std::map<std::string, at::Tensor> processor_input;
+  save_safetensors(dir + "/word_alpha.safetensors",
+                   {{"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.down.weight", at::zeros({2, 32})},
+                    {"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_linear_layer.up.weight", at::zeros({32, 2})}},
+                   {{"lora_alpha", "four"}});
+  expect_error(dir + "/word_alpha.safetensors", "its metadata lora_alpha is 'four', not a finite number >= 0");
+
+  EXPECT_THROW(parse_lora_request("style.safetensors:nan"), Error);
+  EXPECT_THROW(parse_lora_request("style.safetensors:inf"), Error);
+  EXPECT_EQ(parse_lora_request("style.safetensors:0.5").scale, 0.5);
+  EXPECT_EQ(parse_lora_request("C:style").path, "C:style");
+
+  for (const std::string& bad : std::vector<std::string>{"", "two words", "tab\tbed", "\xff\xfe", "a<|endoftext|>",
+                                                        std::string(101, 'x')})
+    EXPECT_THROW(validate_trigger(bad, "test"), Error) << bad;
+  for (const std::string& good : std::vector<std::string>{"*", "<cat-toy>", "sks", "\xe7\x8c\xab", std::string(100, 'x')})
+    EXPECT_NO_THROW(validate_trigger(good, "test")) << good;
+  try {
+    insert_embedding(*bundle, "bad trigger", at::zeros({1, 32}), "my style.safetensors");
+    ADD_FAILURE() << "a trigger with a space was added";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "my style.safetensors: the trigger 'bad trigger' must be one word (no spaces or control characters)");
+  }
+  insert_embedding(*bundle, "toy", at::zeros({2, 32}), "first");
+  EXPECT_THROW(insert_embedding(*bundle, "toy_1", at::zeros({1, 32}), "second"), Error);  // toy's second vector
+  EXPECT_EQ(expand_prompt("a toy", {{"", "x"}, {"toy", "toy toy_1"}}), "a toy toy_1");  // an empty token is no token
 }
 
 }  // namespace

@@ -23,6 +23,17 @@ TEST(Png, RoundTripsPixelsAndText) {
   EXPECT_EQ(text.at("note"), "caf\xC3\xA9 \xE2\x98\x95");  // UTF-8 through iTXt
 }
 
+// PNG keywords are 1-79 printable characters without leading, trailing or double spaces; a NUL
+// in one (found by fuzz_png_text) split it into a different keyword and value on reading.
+TEST(Png, RefusesKeywordsThatWouldNotReadBack) {
+  const at::Tensor pixel = at::zeros({1, 1, 3}, at::kByte);
+  for (const std::string& bad : std::vector<std::string>{std::string("a\0b", 3), std::string(""), std::string(80, 'k'), std::string(" lead"),
+                                std::string("trail "), std::string("two  spaces"), std::string("caf\xc3\xa9")})
+    EXPECT_THROW(encode_png(pixel, {{bad, "value"}}), Error) << bad;
+  EXPECT_NO_THROW(encode_png(pixel, {{std::string(79, 'k'), "value"}}));
+  EXPECT_NO_THROW(encode_png(pixel, {{"Creation Time", "value"}}));
+}
+
 TEST(ImageFile, ConvertsAndReportsUnusualFormats) {
   const std::string dir = testing::fresh_temp_dir("formats");
   cv::imwrite(dir + "/gray.png", cv::Mat(4, 4, CV_8UC1, cv::Scalar(100)));

@@ -210,13 +210,19 @@ std::string safetensors_bytes(const NamedTensors& tensors, const std::map<std::s
   for (const auto& [name, tensor] : tensors) {
     at::Tensor cpu = tensor.detach().to(at::kCPU).contiguous();
     const uint64_t bytes = static_cast<uint64_t>(cpu.numel()) * cpu.element_size();
+    if (name == "__metadata__") throw Error("'__metadata__' cannot name a tensor in a safetensors file");
     header[name] = {{"dtype", safetensors_dtype_name(cpu.scalar_type())},
                     {"shape", cpu.sizes().vec()},
                     {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
     contiguous.push_back(std::move(cpu));
   }
-  std::string text = header.dump();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::json::exception&) {
+    throw Error("safetensors names and metadata must be valid UTF-8");
+  }
   // Pad with spaces so that the data section starts 8-byte aligned, as the reference writer does.
   while ((text.size() + 8) % 8 != 0) text.push_back(' ');
   std::string out;

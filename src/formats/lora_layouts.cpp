@@ -6,6 +6,8 @@
 #include "singleinsert/core/error.h"
 
 #include <algorithm>
+#include <cmath>
+#include <stdexcept>
 
 namespace singleinsert {
 namespace {
@@ -29,7 +31,32 @@ std::string file_prefix(const std::string& path, const std::string& origin) {
   throw Error(fmt::format("{}: module '{}' has no place in diffusers' processor LoRA layout", origin, path));
 }
 
+// A LoRA's alpha: one finite number >= 0 (kohya and PEFT store it as a scalar tensor).
+double alpha_value(const at::Tensor& tensor, const std::string& key, const std::string& origin) {
+  if (tensor.numel() != 1)
+    throw Error(fmt::format("{}: '{}' holds {} values; an alpha is one number", origin, key, tensor.numel()));
+  const double alpha = tensor.to(at::kDouble).item<double>();
+  if (!std::isfinite(alpha) || alpha < 0) throw Error(fmt::format("{}: '{}' is {}; an alpha is a finite number >= 0", origin, key, alpha));
+  return alpha;
+}
+
 }  // namespace
+
+double lora_metadata_number(const SafetensorsFile& file, const std::string& key, double fallback) {
+  const auto it = file.metadata().find(key);
+  if (it == file.metadata().end()) return fallback;
+  const std::string& text = it->second;
+  size_t used = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &used);
+  } catch (const std::logic_error&) {
+    used = 0;
+  }
+  if (used == 0 || used != text.size() || !std::isfinite(value) || value < 0)
+    throw Error(fmt::format("{}: its metadata {} is '{}', not a finite number >= 0", file.path(), key, text));
+  return value;
+}
 
 NamedTensors to_diffusers_processor_layout(const LoraWeightMap& weights) {
   NamedTensors out;
@@ -118,7 +145,7 @@ LoraWeightMap from_kohya_layout(const std::map<std::string, at::Tensor>& tensors
     LoraWeights& w = out[it->second];
     if (leaf == "lora_down.weight") w.down = tensor;
     else if (leaf == "lora_up.weight") w.up = tensor;
-    else if (leaf == "alpha") w.alpha = tensor.item<double>();
+    else if (leaf == "alpha") w.alpha = alpha_value(tensor, key, origin);
     else throw Error(fmt::format("{}: unexpected LoRA tensor '{}'", origin, key));
   }
   if (!unknown.empty()) {
@@ -160,7 +187,7 @@ LoraWeightMap from_peft_layout(const std::map<std::string, at::Tensor>& tensors,
         matched = true;
       }
     if (!matched && ends_with(key, ".alpha")) {
-      out[key.substr(0, key.size() - 6)].alpha = tensor.item<double>();
+      out[key.substr(0, key.size() - 6)].alpha = alpha_value(tensor, key, origin);
       matched = true;
     }
     if (!matched) throw Error(fmt::format("{}: unexpected tensor '{}' in a PEFT LoRA file", origin, key));
@@ -189,13 +216,13 @@ LoraWeightMap read_lora_file(const SafetensorsFile& file, const std::vector<std:
     case LoraLayout::kKohya: return from_kohya_layout(tensors, module_paths, file.path());
     case LoraLayout::kPeft: {
       LoraWeightMap weights = from_peft_layout(tensors, file.path());
-      if (file.metadata().count("lora_alpha"))
-        for (auto& [path, w] : weights)
-          if (w.alpha == 0) w.alpha = std::stod(file.metadata().at("lora_alpha"));
+      const double alpha = lora_metadata_number(file, "lora_alpha");
+      for (auto& [path, w] : weights)
+        if (w.alpha == 0) w.alpha = alpha;
       return weights;
     }
     default: {
-      const double alpha = file.metadata().count("lora_alpha") ? std::stod(file.metadata().at("lora_alpha")) : 0.0;
+      const double alpha = lora_metadata_number(file, "lora_alpha");
       return from_diffusers_processor_layout(tensors, file.path(), alpha);
     }
   }

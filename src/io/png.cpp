@@ -33,6 +33,16 @@ std::string chunk(const std::string& type, const std::string& data) {
   return out;
 }
 
+// PNG keywords: 1-79 printable characters (we write ASCII), no leading, trailing or double spaces.
+bool is_valid_keyword(const std::string& keyword) {
+  if (keyword.empty() || keyword.size() > 79 || keyword.front() == ' ' || keyword.back() == ' ') return false;
+  for (size_t i = 0; i < keyword.size(); ++i) {
+    const unsigned char c = static_cast<unsigned char>(keyword[i]);
+    if (c < 0x20 || c > 0x7e || (c == ' ' && keyword[i + 1] == ' ')) return false;
+  }
+  return true;
+}
+
 bool is_ascii(const std::string& text) {
   for (unsigned char c : text)
     if (c >= 0x80) return false;
@@ -40,7 +50,7 @@ bool is_ascii(const std::string& text) {
 }
 
 std::string text_chunk(const std::string& keyword, const std::string& value) {
-  if (keyword.empty() || keyword.size() > 79 || !is_ascii(keyword))
+  if (!is_valid_keyword(keyword))
     throw Error(fmt::format("invalid PNG text keyword '{}'", keyword));
   if (is_ascii(value)) return chunk("tEXt", keyword + std::string(1, '\0') + value);
   // iTXt: keyword, 0, compression flag 0, method 0, empty language tag, 0, empty translation, 0, text.

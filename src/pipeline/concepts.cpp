@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <set>
+#include <stdexcept>
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/sha256.h"
@@ -75,8 +77,41 @@ AppliedConcepts apply_concepts(ModelBundle& bundle, const std::vector<ConceptReq
   return applied;
 }
 
+namespace {
+
+// The length of the UTF-8 sequence starting at text[at], or 0 if it is not one.
+size_t utf8_sequence_length(const std::string& text, size_t at) {
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(text[i]); };
+  const unsigned char lead = byte(at);
+  const size_t length = lead < 0x80 ? 1 : (lead >> 5) == 0x6 ? 2 : (lead >> 4) == 0xe ? 3 : (lead >> 3) == 0x1e ? 4 : 0;
+  if (length == 0 || at + length > text.size()) return 0;
+  for (size_t i = 1; i < length; ++i)
+    if ((byte(at + i) & 0xc0) != 0x80) return 0;
+  return length;
+}
+
+}  // namespace
+
+void validate_trigger(const std::string& trigger, const std::string& origin) {
+  const auto refuse = [&](const char* why) {
+    throw Error(fmt::format("{}: the trigger '{}' {}", origin, trigger, why));
+  };
+  if (trigger.empty()) refuse("is empty");
+  if (trigger.size() > 100) refuse("is longer than 100 bytes");
+  for (size_t at = 0; at < trigger.size();) {
+    const size_t length = utf8_sequence_length(trigger, at);
+    if (length == 0) refuse("is not valid UTF-8");
+    const unsigned char c = static_cast<unsigned char>(trigger[at]);
+    if (length == 1 && (c <= 0x20 || c == 0x7f)) refuse("must be one word (no spaces or control characters)");
+    at += length;
+  }
+  if (trigger.find("<|startoftext|>") != std::string::npos || trigger.find("<|endoftext|>") != std::string::npos)
+    refuse("contains one of CLIP's special tokens");
+}
+
 void insert_embedding(ModelBundle& bundle, const std::string& token, const at::Tensor& vectors, const std::string& origin,
                       bool warn_on_collision) {
+  validate_trigger(token, origin);
   const auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
   if (vectors.dim() != 2 || vectors.size(1) != table.size(1))
     throw Error(fmt::format("{}: its embedding is {} wide but the text encoder's is {}", origin, vectors.size(-1),
@@ -85,12 +120,18 @@ void insert_embedding(ModelBundle& bundle, const std::string& token, const at::T
       (bundle.tokenizer.is_vocabulary_token(token) || bundle.tokenizer.is_vocabulary_token(token + "</w>")))
     spdlog::warn("{}: the trigger '{}' is also a word of the vocabulary; in prompts it now means the embedding", origin,
                  token);
+  std::vector<std::string> names;
+  for (int64_t i = 0; i < vectors.size(0); ++i) names.push_back(i == 0 ? token : fmt::format("{}_{}", token, i));
+  for (const auto& name : names)
+    if (bundle.tokenizer.is_added_token(name))
+      throw Error(fmt::format("{}: the token '{}' is already taken by another concept or embedding (give this one "
+                              "another trigger)",
+                              origin, name));
   std::string expansion;
   std::vector<int64_t> ids;
-  for (int64_t i = 0; i < vectors.size(0); ++i) {
-    const std::string name = i == 0 ? token : fmt::format("{}_{}", token, i);
+  for (const auto& name : names) {
     ids.push_back(bundle.tokenizer.add_token(name));
-    expansion += (i ? " " : "") + name;
+    expansion += (expansion.empty() ? "" : " ") + name;
   }
   bundle.text_encoder->resize_token_embeddings(bundle.tokenizer.vocab_size());
   at::NoGradGuard no_grad;
@@ -108,11 +149,12 @@ LoraRequest parse_lora_request(const std::string& text) {
       size_t used = 0;
       const double scale = std::stod(text.substr(colon + 1), &used);
       if (used == text.size() - colon - 1) {
+        if (!std::isfinite(scale)) throw Error(fmt::format("--lora {}: the scale must be a finite number", text));
         request.path = text.substr(0, colon);
         request.scale = scale;
       }
-    } catch (const std::exception&) {
-      // not a scale: the colon belongs to the path
+    } catch (const std::logic_error&) {
+      // not a scale (std::invalid_argument, std::out_of_range): the colon belongs to the path
     }
   }
   return request;

@@ -19,9 +19,11 @@ at::Tensor tokenize_prompts(const ClipTokenizer& tokenizer, const std::vector<st
 
 std::string expand_prompt(const std::string& prompt, const std::map<std::string, std::string>& expansions) {
   std::string out = prompt;
-  for (const auto& [token, expansion] : expansions)
+  for (const auto& [token, expansion] : expansions) {
+    if (token.empty()) continue;
     for (size_t at = out.find(token); at != std::string::npos; at = out.find(token, at + expansion.size()))
       out.replace(at, token.size(), expansion);
+  }
   return out;
 }
 

@@ -1,5 +1,7 @@
 #include "singleinsert/training/concept.h"
 
+#include <algorithm>
+
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -38,18 +40,22 @@ std::string history_json(const std::vector<StepRecord>& history) {
 
 std::vector<StepRecord> parse_history(const std::string& json) {
   std::vector<StepRecord> out;
-  for (const auto& row : nlohmann::json::parse(json)) {
-    StepRecord r;
-    r.stage = row.at("stage");
-    r.step = row.at("step");
-    r.loss = row.at("loss");
-    r.fg = row.at("fg");
-    r.bg = row.at("bg");
-    r.sm = row.at("sm");
-    r.grad_norm = row.value("grad_norm", 0.0);
-    r.lr = row.value("lr", 0.0);
-    r.seconds = row.value("seconds", 0.0);
-    out.push_back(r);
+  try {
+    for (const auto& row : nlohmann::json::parse(json)) {
+      StepRecord r;
+      r.stage = row.at("stage");
+      r.step = row.at("step");
+      r.loss = row.at("loss");
+      r.fg = row.at("fg");
+      r.bg = row.at("bg");
+      r.sm = row.at("sm");
+      r.grad_norm = row.value("grad_norm", 0.0);
+      r.lr = row.value("lr", 0.0);
+      r.seconds = row.value("seconds", 0.0);
+      out.push_back(r);
+    }
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(fmt::format("a malformed training history ({})", e.what()));
   }
   return out;
 }
@@ -75,6 +81,8 @@ Concept Concept::load(const std::string& path) {
     concept.trigger = info.at("trigger").get<std::string>();
     concept.class_word = info.at("class").get<std::string>();
     concept.stage = info.at("stage").get<int>();
+    if (concept.stage != 1 && concept.stage != 2)
+      throw Error(fmt::format("{}: concept.json names stage {} (a concept is stage 1 or 2)", path, concept.stage));
     concept.base_model_sha256 = info.at("base_model").value("unet_sha256", "");
   } catch (const nlohmann::json::exception& e) {
     throw Error(fmt::format("{}: concept.json is incomplete ({})", path, e.what()));
@@ -87,8 +95,8 @@ Concept Concept::load(const std::string& path) {
     const fs::path lora_file = dir / "lora.safetensors";
     if (!fs::exists(lora_file)) throw Error(fmt::format("{}: a stage II concept without lora.safetensors", path));
     const SafetensorsFile file = SafetensorsFile::open(lora_file.string());
-    concept.lora_rank = std::stoll(file.metadata().count("lora_rank") ? file.metadata().at("lora_rank") : "0");
-    concept.lora_alpha = std::stod(file.metadata().count("lora_alpha") ? file.metadata().at("lora_alpha") : "0");
+    concept.lora_rank = static_cast<int64_t>(std::min(lora_metadata_number(file, "lora_rank"), 1e9));
+    concept.lora_alpha = lora_metadata_number(file, "lora_alpha");
     concept.lora = from_diffusers_processor_layout(read_all_tensors(file), file.path(), concept.lora_alpha);
   }
   return concept;
@@ -151,16 +159,26 @@ std::optional<std::pair<TrainingState, std::string>> ConceptBuilder::load_checkp
     dir = fs::path(staging_) / "checkpoint.old";  // interrupted while swapping
     if (!fs::exists(dir / "state.json")) return std::nullopt;
   }
-  const auto json = nlohmann::json::parse(read_file((dir / "state.json").string()));
+  const std::string state_file = (dir / "state.json").string();
   TrainingState state;
-  state.stage = json.at("stage");
-  state.step = json.at("step");
-  state.history = parse_history(json.at("history").dump());
+  std::string run;
+  try {
+    const auto json = nlohmann::json::parse(read_file(state_file));
+    state.stage = json.at("stage");
+    state.step = json.at("step");
+    state.history = parse_history(json.at("history").dump());
+    run = json.at("run").dump();
+    if ((state.stage != 1 && state.stage != 2) || state.step < 0)
+      throw Error(fmt::format("stage {} step {}", state.stage, state.step));
+  } catch (const std::exception& e) {
+    throw Error(fmt::format("{}: the interrupted run's checkpoint is damaged ({}); start over with --overwrite",
+                            state_file, e.what()));
+  }
   for (const auto& [key, tensor] : tensors_of((dir / "encoder.safetensors").string())) state.encoder.emplace_back(key, tensor);
   for (const auto& [key, tensor] : tensors_of((dir / "optimizer.safetensors").string())) state.optimizer.emplace_back(key, tensor);
   if (fs::exists(dir / "lora.safetensors"))
     state.lora = from_diffusers_processor_layout(tensors_of((dir / "lora.safetensors").string()), "checkpoint");
-  return std::make_pair(std::move(state), json.at("run").dump());
+  return std::make_pair(std::move(state), run);
 }
 
 void ConceptBuilder::write_embedding(const std::string& trigger, const at::Tensor& embedding) {

@@ -348,8 +348,7 @@ void run_invert(InvertArgs& args) {
   }
   if (args.image.empty() || args.mask.empty() || args.class_word.empty())
     throw Error("--image, --mask and --class are required");
-  if (args.trigger.empty() || args.trigger.find(' ') != std::string::npos)
-    throw Error(fmt::format("the trigger '{}' must be one word", args.trigger));
+  validate_trigger(args.trigger, "--trigger");
 
   SourceImages images{load_picture(args.image, "image"), load_picture(args.mask, "mask")};
   r.run.image_sha256 = sha256_of_file(args.image);

@@ -39,6 +39,10 @@ std::string kohya_name(const std::string& module_path);
 LoraWeightMap from_peft_layout(const std::map<std::string, at::Tensor>& tensors, const std::string& origin);
 NamedTensors to_peft_layout(const LoraWeightMap& weights);
 
+// A number from a LoRA file's metadata ("lora_rank", "lora_alpha"), `fallback` when absent; throws
+// Error for anything but a finite number >= 0.
+double lora_metadata_number(const SafetensorsFile& file, const std::string& key, double fallback = 0.0);
+
 // Any supported LoRA file, its layout detected.
 LoraWeightMap read_lora_file(const SafetensorsFile& file, const std::vector<std::string>& module_paths,
                              LoraLayout* layout = nullptr);

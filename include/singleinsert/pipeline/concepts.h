@@ -35,9 +35,14 @@ AppliedConcepts apply_concepts(ModelBundle& bundle, const std::vector<ConceptReq
 // Every prompt must use at least one of the triggers (otherwise the concept has no effect).
 void require_triggers(const std::vector<std::string>& prompts, const std::vector<std::string>& triggers);
 
+// A trigger is one word: 1 to 100 bytes of UTF-8 without spaces or control characters, and not
+// one of CLIP's special tokens. Throws Error naming `origin` otherwise.
+void validate_trigger(const std::string& trigger, const std::string& origin);
+
 // Adds `token` (and token_1 ... token_{n-1} for n vectors) with these input embeddings; prompts
 // then use the token, which expands to all of them. Errors if the width differs from the text
-// encoder's; warns if the token shadows a word of the vocabulary.
+// encoder's, if the token is not a valid trigger, or if one of the tokens is already taken by
+// another concept or embedding; warns if the token shadows a word of the vocabulary.
 void insert_embedding(ModelBundle& bundle, const std::string& token, const at::Tensor& vectors, const std::string& origin,
                       bool warn_on_collision = true);
 
@@ -49,7 +54,7 @@ struct EmbeddingRequest {
   std::string path;
   std::string trigger;  // empty: the token in the file, or the file's name (A1111)
 };
-LoraRequest parse_lora_request(const std::string& text);            // "FILE[:SCALE]"
+LoraRequest parse_lora_request(const std::string& text);            // "FILE[:SCALE]", SCALE finite
 EmbeddingRequest parse_embedding_request(const std::string& text);  // "FILE[:TRIGGER]"
 
 // LoRA files in any supported layout (kohya, diffusers/PEFT, diffusers' processor layout).
