@@ -270,6 +270,7 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
           invert_args(preset, out, dir + "/huge.png", mask_file()), "20000x20000");
   warned("a 16-bit PNG", invert_args(preset, dir + "/deep_ok", dir + "/deep.png", mask_file()),
          "16-bit samples scaled to 8 bits");
+  warned("a CMYK JPEG", invert_args(preset, dir + "/cmyk_ok", dir + "/cmyk.jpg", mask_file()), "CMYK converted to RGB");
   refused("a file that is not an image", invert_args(preset, out, dir + "/junk.png", mask_file()), "not a readable image");
   refused("an image that does not exist", invert_args(preset, out, dir + "/absent.png", mask_file()), "no such file");
 
@@ -363,6 +364,7 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
     cv::Mat deep;
     cv::imread(image_file(), cv::IMREAD_COLOR).convertTo(deep, CV_16UC3, 257.0);
     cv::imwrite(dir + "/deep.png", deep);
+    fs::copy_file(std::string(SINGLEINSERT_SOURCE_DIR) + "/tests/data/cmyk_red_to_blue.jpg", dir + "/cmyk.jpg");
     std::ofstream(dir + "/junk.png") << "not an image";
   }
   // A real concept, then copies of it with a wider embedding.

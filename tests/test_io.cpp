@@ -34,6 +34,17 @@ TEST(Png, RefusesKeywordsThatWouldNotReadBack) {
   EXPECT_NO_THROW(encode_png(pixel, {{"Creation Time", "value"}}));
 }
 
+TEST(ImageFile, CmykJpegIsConvertedToRgbAndSaysSo) {
+  const LoadedImage image = read_image_rgb(std::string(SINGLEINSERT_SOURCE_DIR) + "/tests/data/cmyk_red_to_blue.jpg");
+  EXPECT_EQ(image.notes, std::vector<std::string>{"CMYK converted to RGB"});
+  ASSERT_EQ(image.pixels.sizes(), (at::IntArrayRef{64, 64, 3}));
+  const at::Tensor top = image.pixels[0][32].to(at::kInt), bottom = image.pixels[63][32].to(at::kInt);
+  EXPECT_GT(top[0].item<int>(), 220);  // red, not its CMYK inverse (cyan)
+  EXPECT_LT(top[2].item<int>(), 40);
+  EXPECT_LT(bottom[0].item<int>(), 40);
+  EXPECT_GT(bottom[2].item<int>(), 220);
+}
+
 TEST(ImageFile, ConvertsAndReportsUnusualFormats) {
   const std::string dir = testing::fresh_temp_dir("formats");
   cv::imwrite(dir + "/gray.png", cv::Mat(4, 4, CV_8UC1, cv::Scalar(100)));

@@ -13,7 +13,8 @@ struct LoadedImage {
 };
 
 // Grayscale is expanded to RGB, alpha is dropped (composited on nothing: the colour channels
-// are kept), 16-bit samples are scaled to 8 bits; each conversion is reported in `notes`.
+// are kept), 16-bit samples are scaled to 8 bits, CMYK JPEGs are converted to RGB; each
+// conversion is reported in `notes`.
 // Throws Error for missing or unreadable files.
 LoadedImage read_image_rgb(const std::string& path);
 
