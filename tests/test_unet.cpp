@@ -17,6 +17,8 @@
 #include "singleinsert/core/state_dict.h"
 #include "singleinsert/core/torch_compat.h"
 #include "singleinsert/models/unet.h"
+#include "singleinsert/models/vae.h"
+#include "singleinsert/pipeline/memory_estimate.h"
 
 namespace singleinsert {
 namespace {
@@ -182,6 +184,33 @@ TEST(UNet, FullSd15ConfigHasDiffusersKeysAndShapes) {
   const auto config = UNetConfig::from_json(JsonConfig::load(testing::golden_path("configs_full/sd15/unet/config.json")));
   const UNet2DConditionModel unet(config);  // parameters are allocated, never touched
   testing::expect_reference_layout(*unet, "configs_full/sd15_unet_state_dict_shapes.json");
+}
+
+// The generation estimate must stay at or above the peaks measured on this machine
+// (singleinsert-bench --arch sd15, float32, CPU, 2 threads, tcmalloc; docs/robustness.md), or
+// generate would start runs that cannot finish.
+TEST(MemoryEstimate, StaysAboveThePeaksMeasuredForSd15) {
+  const int64_t resident_weights = int64_t{4234} << 20;  // the bench's "resident after load"
+  struct Measured {
+    const char* run;
+    int64_t size;
+    bool unet_only, vae_only;
+    double peak_mb;
+  };
+  const Measured runs[] = {{"sample_1024, DDIM 2 steps", 1024, false, false, 10504},
+                           {"sample_768, DDIM 2 steps", 768, false, false, 8436},
+                           {"unet_forward 512, batch 2", 512, true, false, 7464},
+                           {"vae_decode 512", 512, false, true, 5636}};
+  for (const Measured& m : runs) {
+    GenerationShape shape;
+    shape.width = shape.height = m.size;
+    MemoryEstimate estimate = estimate_generation_memory(UNetConfig::sd15(), VaeConfig(), shape, resident_weights);
+    if (m.unet_only) estimate.vae_decode = 0;
+    if (m.vae_only) estimate.unet = 0;
+    const double estimated_mb = static_cast<double>(estimate.peak()) / (1 << 20);
+    EXPECT_GE(estimated_mb, m.peak_mb) << m.run;
+    EXPECT_LE(estimated_mb, m.peak_mb * 1.25) << m.run << ": too loose to be useful";
+  }
 }
 
 }  // namespace
