@@ -38,12 +38,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     } catch (const Error&) {
     }
   }
-  std::string path;
-  try {
-    path = fuzz::write_tensor_list(list, "checkpoint");
-  } catch (const Error&) {
-    return 0;  // names the writer refuses (invalid UTF-8, duplicates)
-  }
+  const std::optional<std::string> written = fuzz::write_tensor_list(list, "checkpoint");
+  if (!written) return 0;
+  const std::string& path = *written;
   try {
     const SafetensorsFile file = SafetensorsFile::open(path);
     const LdmCheckpointInfo info = inspect_ldm_checkpoint(file);

@@ -10,9 +10,11 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <string>
 
+#include "singleinsert/core/error.h"
 #include "singleinsert/core/safetensors.h"
 
 namespace singleinsert::fuzz {
@@ -72,10 +74,15 @@ inline std::string tensor_list_text(const NamedTensors& tensors, const std::map<
   return out;
 }
 
-// Writes the list as a real safetensors file in memory-backed /dev/shm; the readers take paths.
-inline std::string write_tensor_list(const TensorList& list, const std::string& name) {
+// Writes the list as a real safetensors file in memory-backed /dev/shm (the readers take paths);
+// nothing for lists the writer refuses (names that are not UTF-8, duplicates).
+inline std::optional<std::string> write_tensor_list(const TensorList& list, const std::string& name) {
   const std::string path = "/dev/shm/singleinsert_fuzz_" + std::to_string(::getpid()) + "_" + name + ".safetensors";
-  save_safetensors(path, list.tensors, list.metadata);
+  try {
+    save_safetensors(path, list.tensors, list.metadata);
+  } catch (const Error&) {
+    return std::nullopt;
+  }
   return path;
 }
 

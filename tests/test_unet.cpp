@@ -208,6 +208,7 @@ TEST(MemoryEstimate, StaysAboveThePeaksMeasuredForSd15) {
     if (m.unet_only) estimate.vae_decode = 0;
     if (m.vae_only) estimate.unet = 0;
     const double estimated_mb = static_cast<double>(estimate.peak()) / (1 << 20);
+    ::testing::Test::RecordProperty(std::string(m.run) + " estimated MB", std::to_string(estimated_mb));
     EXPECT_GE(estimated_mb, m.peak_mb) << m.run;
     EXPECT_LE(estimated_mb, m.peak_mb * 1.25) << m.run << ": too loose to be useful";
   }

@@ -26,9 +26,8 @@ int64_t mul(std::initializer_list<int64_t> factors) {
 }
 
 // The score tensors alive at once: the slice's scores and its softmax (with float32 copies on the
-// way for half precision), and two more slices for the allocator's fragmentation (measured in
-// float32 on SD v1.5: 1 GiB slices cost 3 GiB of peak RSS at 1024x1024, and slices of 3 of the 16
-// heads 3.6 slices at 768x768, where the sixth slice is smaller than the others).
+// way for half precision), and two more slices for the allocator's fragmentation (with one, the
+// 768x768 SD v1.5 run peaked above the estimate; MemoryEstimate.StaysAboveThePeaksMeasuredForSd15).
 int64_t attention_bytes(int64_t batch_heads, int64_t queries, int64_t keys, int64_t element) {
   const compat::AttentionSlices slices = compat::attention_slices(batch_heads, queries, keys, element);
   const int64_t slice = mul({slices.heads, slices.queries, keys, element});
