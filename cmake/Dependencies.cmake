@@ -29,7 +29,7 @@ if(TORCH_CUDA_LIBRARIES OR TARGET torch_cuda)
 endif()
 
 if(SINGLEINSERT_WITH_OPENCV)
-  find_package(OpenCV REQUIRED COMPONENTS core imgproc imgcodecs)
+  find_package(OpenCV REQUIRED COMPONENTS core imgproc imgcodecs objdetect)
   find_package(CLI11 REQUIRED)
   find_package(ZLIB REQUIRED)
 endif()

@@ -11,6 +11,8 @@ packages=(
   libicu-dev              # Unicode categories, case mapping and normalisation for the tokenizer
   nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
   libopencv-dev zlib1g-dev  # image files (io layer and command line only)
+  opencv-data               # the face detector `singleinsert prepare` loads at run time
+  opencv-doc python3-imageio  # photographs the automatic-mask test measures against hand-drawn masks
   libgtest-dev libgmock-dev
   clang libclang-rt-14-dev  # the fuzz harnesses (libFuzzer, AddressSanitizer, UndefinedBehaviorSanitizer)
 )

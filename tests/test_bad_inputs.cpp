@@ -271,6 +271,7 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
   warned("a 16-bit PNG", invert_args(preset, dir + "/deep_ok", dir + "/deep.png", mask_file()),
          "16-bit samples scaled to 8 bits");
   warned("a CMYK JPEG", invert_args(preset, dir + "/cmyk_ok", dir + "/cmyk.jpg", mask_file()), "CMYK converted to RGB");
+  refused("a JPEG photo cut short", invert_args(preset, out, dir + "/cut.jpg", mask_file()), "the JPEG is cut short");
   refused("a file that is not an image", invert_args(preset, out, dir + "/junk.png", mask_file()), "not a readable image");
   refused("an image that does not exist", invert_args(preset, out, dir + "/absent.png", mask_file()), "no such file");
 
@@ -366,6 +367,10 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
     cv::imwrite(dir + "/deep.png", deep);
     fs::copy_file(std::string(SINGLEINSERT_SOURCE_DIR) + "/tests/data/cmyk_red_to_blue.jpg", dir + "/cmyk.jpg");
     std::ofstream(dir + "/junk.png") << "not an image";
+    std::vector<uint8_t> jpeg;
+    cv::imencode(".jpg", cv::imread(image_file(), cv::IMREAD_COLOR), jpeg);
+    std::ofstream(dir + "/cut.jpg", std::ios::binary).write(reinterpret_cast<const char*>(jpeg.data()),
+                                                            static_cast<std::streamsize>(jpeg.size() * 2 / 3));
   }
   // A real concept, then copies of it with a wider embedding.
   {

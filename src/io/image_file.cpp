@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <utility>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -26,7 +27,36 @@ uint32_t big_endian(const std::string& bytes, size_t at, int width) {
 struct ImageHeader {
   int64_t width = 0, height = 0;
   int jpeg_components = 0;  // 4: CMYK (or YCCK), which the decoder converts to colour
+  bool jpeg_cut_short = false;
 };
+
+// Whether a JPEG's segments end before its end-of-image marker: the decoder would fill the
+// missing rows with gray and only print a warning. Walks the marker segments (skipping each by
+// its length, so thumbnails inside them do not count) and each scan's entropy-coded data (where
+// an FF byte is followed by 00 or a restart marker); data after the marker (a phone's motion
+// photo) is not read.
+bool jpeg_cut_short(std::ifstream& file) {
+  file.clear();
+  file.seekg(0);
+  const std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  const auto byte = [&](size_t at) { return static_cast<uint8_t>(bytes[at]); };
+  size_t at = 2;  // after the start-of-image marker
+  while (at + 1 < bytes.size()) {
+    if (byte(at) != 0xFF) return false;  // not a marker where one must be: damaged, the decoder judges
+    const uint8_t marker = byte(at + 1);
+    if (marker == 0xFF) { ++at; continue; }  // fill byte
+    if (marker == 0xD9) return false;       // end of image
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { at += 2; continue; }
+    if (at + 3 >= bytes.size()) return true;
+    at += 2 + big_endian(bytes, at + 2, 2);
+    if (marker != 0xDA) continue;
+    // Entropy-coded data up to the next marker that is not a stuffed byte or a restart.
+    while (at + 1 < bytes.size() &&
+           !(byte(at) == 0xFF && byte(at + 1) != 0x00 && !(byte(at + 1) >= 0xD0 && byte(at + 1) <= 0xD7)))
+      ++at;
+  }
+  return true;
+}
 
 // Width and height from a PNG's IHDR or a JPEG's start-of-frame marker, without decoding; zeros
 // for other formats (and for headers this cannot read, which the decoder then judges).
@@ -42,7 +72,9 @@ ImageHeader read_header(const std::string& path) {
     while (at + 9 < head.size() && static_cast<uint8_t>(head[at]) == 0xFF) {
       const uint8_t marker = static_cast<uint8_t>(head[at + 1]);
       const bool start_of_frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
-      if (start_of_frame) return {big_endian(head, at + 7, 2), big_endian(head, at + 5, 2), static_cast<uint8_t>(head[at + 9])};
+      if (start_of_frame)
+        return {big_endian(head, at + 7, 2), big_endian(head, at + 5, 2), static_cast<uint8_t>(head[at + 9]),
+                jpeg_cut_short(file)};
       at += 2 + big_endian(head, at + 2, 2);
     }
   }
@@ -62,6 +94,7 @@ LoadedImage read_image_rgb(const std::string& path) {
   // Checked from the header first, so that a huge image is refused before it is decoded.
   const ImageHeader header = read_header(path);
   check_size(path, header.width, header.height);
+  if (header.jpeg_cut_short) throw Error(fmt::format("{}: the JPEG is cut short (it has no end-of-image marker)", path));
   cv::Mat image = cv::imread(path, cv::IMREAD_UNCHANGED);
   if (image.empty()) throw Error(fmt::format("{}: not a readable image", path));
   check_size(path, image.cols, image.rows);

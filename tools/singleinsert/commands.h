@@ -15,5 +15,7 @@ void add_eval_command(CLI::App& app);
 void add_convert_command(CLI::App& app);
 void add_info_command(CLI::App& app);
 void add_export_command(CLI::App& app);
+void add_prepare_command(CLI::App& app);
+void add_batch_command(CLI::App& app);
 
 }  // namespace singleinsert::cli

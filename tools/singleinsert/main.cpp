@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   singleinsert::cli::add_export_command(app);
   singleinsert::cli::add_convert_command(app);
   singleinsert::cli::add_info_command(app);
+  singleinsert::cli::add_prepare_command(app);
+  singleinsert::cli::add_batch_command(app);
   singleinsert::cli::add_world_command(app);
   singleinsert::cli::add_train_base_command(app);
   singleinsert::cli::add_eval_command(app);
