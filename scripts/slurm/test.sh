@@ -86,10 +86,12 @@ for _ in $(seq 60); do
 done
 sinfo -h -o '%T' | grep -qE '^(idle|mixed|allocated)' || {
   echo "error: the test cluster did not come up:" >&2
-  tail -5 "$work/slurmctld.log" "$work/slurmd.log" >&2
+  tail -n 5 "$work/slurmctld.log" "$work/slurmd.log" >&2
   exit 1
 }
 
+# The embedded model's tokenizer is written from the world's vocabulary (as scripts/demo.sh does).
+[ -d assets/world/model/tokenizer ] || "$bin" world --write-tokenizer assets/world/model/tokenizer >/dev/null
 # Three toy-world faces (a face each, never seen in training) with their known masks.
 "$bin" world --source --held-out --count 3 --seed 40 --size 64 --out "$work/faces" >/dev/null
 mkdir -p "$work/photos" "$work/masks"
@@ -114,7 +116,7 @@ done_count=$(grep -oE '"done": [0-9]+' "$work/batch/summary.json" | grep -oE '[0
 tasks=$(ls "$work/batch/slurm"/task_*.log | wc -l)
 if [ "$done_count" != 3 ] || [ "$tasks" != 3 ] || ! grep -q '"closeness_whole"' "$work/batch/summary.json"; then
   echo "error: expected 3 tasks and 3 finished photos with the world's figures; got $tasks tasks, $done_count done" >&2
-  tail -5 "$work/batch/slurm"/*.log >&2
+  tail -n 5 "$work/batch/slurm"/*.log >&2
   exit 1
 fi
 echo "slurm: 3-task array and collect job finished in $(( $(date +%s) - started )) s; summary checked ($work)" >&2
