@@ -34,11 +34,10 @@ struct ImageHeader {
 // missing rows with gray and only print a warning. Walks the marker segments (skipping each by
 // its length, so thumbnails inside them do not count) and each scan's entropy-coded data (where
 // an FF byte is followed by 00 or a restart marker); data after the marker (a phone's motion
-// photo) is not read.
-bool jpeg_cut_short(std::ifstream& file) {
-  file.clear();
-  file.seekg(0);
-  const std::string bytes((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+// photo) is not read. `head` is the file's start, already read from `file`; the rest is read here.
+bool jpeg_cut_short(const std::string& head, std::ifstream& file) {
+  std::string bytes = head;
+  bytes.append(std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>());
   const auto byte = [&](size_t at) { return static_cast<uint8_t>(bytes[at]); };
   size_t at = 2;  // after the start-of-image marker
   while (at + 1 < bytes.size()) {
@@ -74,7 +73,7 @@ ImageHeader read_header(const std::string& path) {
       const bool start_of_frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
       if (start_of_frame)
         return {big_endian(head, at + 7, 2), big_endian(head, at + 5, 2), static_cast<uint8_t>(head[at + 9]),
-                jpeg_cut_short(file)};
+                jpeg_cut_short(head, file)};
       at += 2 + big_endian(head, at + 2, 2);
     }
   }

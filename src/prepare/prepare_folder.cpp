@@ -49,15 +49,17 @@ Box scaled(const Box& box, const Box& crop, double scale) {
           static_cast<int64_t>(static_cast<double>(box.height) * scale)};
 }
 
-// The mask for `image_name` in `masks_dir`: the same name, or the same stem with an image extension.
-std::optional<fs::path> find_mask(const fs::path& masks_dir, const fs::path& image_name) {
-  if (masks_dir.empty()) return std::nullopt;
-  if (fs::is_regular_file(masks_dir / image_name)) return masks_dir / image_name;
-  std::error_code error;
-  for (const auto& entry : fs::directory_iterator(masks_dir, error))
-    if (entry.is_regular_file() && entry.path().stem() == image_name.stem() && is_image_file(entry.path()))
-      return entry.path();
-  return std::nullopt;
+// The masks of `masks_dir` by file stem (a photo's mask has its name with any image extension;
+// of several, the first by name).
+std::map<std::string, fs::path> masks_by_stem(const std::string& masks_dir) {
+  std::map<std::string, fs::path> masks;
+  if (masks_dir.empty()) return masks;
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(masks_dir))
+    if (entry.is_regular_file() && is_image_file(entry.path())) files.push_back(entry.path());
+  std::sort(files.begin(), files.end());
+  for (const fs::path& file : files) masks.emplace(file.stem().string(), file);
+  return masks;
 }
 
 nlohmann::json to_json(const Box& box) { return {box.x, box.y, box.width, box.height}; }
@@ -112,6 +114,7 @@ std::vector<PreparedInput> prepare_folder(const std::string& images_dir, const s
   std::sort(files.begin(), files.end());
   if (files.empty()) throw Error(fmt::format("--images {}: the folder has no files", images_dir));
 
+  const std::map<std::string, fs::path> masks = masks_by_stem(masks_dir);
   std::vector<PreparedInput> inputs;
   std::map<std::string, std::string> written;  // output stem -> input that took it
   for (const fs::path& file : files) {
@@ -130,9 +133,9 @@ std::vector<PreparedInput> prepare_folder(const std::string& images_dir, const s
       }
       input.notes = photo.notes;
       std::optional<at::Tensor> user_mask;
-      if (const auto mask_file = find_mask(masks_dir, file.filename())) {
+      if (const auto mask_file = masks.find(stem); mask_file != masks.end()) {
         try {
-          user_mask = read_image_rgb(mask_file->string()).pixels;
+          user_mask = read_image_rgb(mask_file->second.string()).pixels;
         } catch (const Error& error) {
           throw Error(fmt::format("its mask is unreadable: {}", error.what()));
         }

@@ -217,7 +217,7 @@ class Batch {
   // many photos are not done.
   size_t write_summary() const {
     json rows = json::array();
-    std::string table = "| photo | status | stage I s | stage II s | total s | loss I | loss II | esr | closeness |\n"
+    std::string table = "| photo | status | stage I s | stage II s | I+II s | loss I | loss II | esr | closeness |\n"
                         "|---|---|---|---|---|---|---|---|---|\n";
     int done = 0;
     for (const Photo& photo : photos_) {
@@ -226,14 +226,19 @@ class Batch {
       if (fs::exists(status_file)) row = read_json_file(status_file);
       done += row["status"] == "done";
       rows.push_back(row);
-      const auto figure = [&](const char* key, const char* format) {
-        return row.contains(key) && row[key].is_number() ? fmt::format(fmt::runtime(format), row[key].get<double>()) : std::string("");
+      const auto number = [&](const char* key) {
+        return row.contains(key) && row[key].is_number() ? std::optional<double>(row[key].get<double>()) : std::nullopt;
       };
+      const auto figure = [](std::optional<double> value, const char* format) {
+        return value ? fmt::format(fmt::runtime(format), *value) : std::string();
+      };
+      const auto stage1 = number("stage1_seconds"), stage2 = number("stage2_seconds");
       table += fmt::format("| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n", photo.name,
                            row["status"] == "failed" ? "failed: " + row.value("error", "") : row["status"].get<std::string>(),
-                           figure("stage1_seconds", "{:.0f}"), figure("stage2_seconds", "{:.0f}"),
-                           figure("total_seconds", "{:.0f}"), figure("stage1_loss", "{:.4f}"),
-                           figure("stage2_loss", "{:.4f}"), figure("esr", "{:.2f}"), figure("closeness_whole", "{:.2f}"));
+                           figure(stage1, "{:.0f}"), figure(stage2, "{:.0f}"),
+                           figure(stage1 && stage2 ? std::optional<double>(*stage1 + *stage2) : std::nullopt, "{:.0f}"),
+                           figure(number("stage1_loss"), "{:.4f}"), figure(number("stage2_loss"), "{:.4f}"),
+                           figure(number("esr"), "{:.2f}"), figure(number("closeness_whole"), "{:.2f}"));
     }
     write_file_atomic((fs::path(args_.out) / "summary.json").string(),
                       json{{"photos", rows}, {"done", done}, {"total", photos_.size()}}.dump(2) + "\n");
@@ -244,10 +249,6 @@ class Batch {
   }
 
  private:
-  std::vector<std::string> base(const std::string& command) const {
-    return {self_, command, "--model", args_.model};
-  }
-
   void run_photo(const Photo& photo, const std::optional<std::string>& device) {
     const fs::path dir = fs::path(args_.out) / photo.name;
     if (fs::exists(dir / "status.json") && read_json_file(dir / "status.json").value("status", "") == "done") {
@@ -255,45 +256,49 @@ class Batch {
       return;
     }
     fs::create_directories(dir);
-    const std::vector<std::string> device_args = {"--device", device ? "cuda" : "cpu"};
-    const auto with = [](std::vector<std::string> argv, const std::vector<std::string>& more) {
-      argv.insert(argv.end(), more.begin(), more.end());
-      return argv;
+    // `singleinsert COMMAND... --model M FLAGS... --device D EXTRA...`, logged to dir/LOG; false on failure.
+    const auto run = [&](std::vector<std::string> argv, const std::vector<std::string>& flags,
+                         const std::string& extra, const std::string& log) {
+      argv.insert(argv.begin(), self_);
+      for (const auto& more : {std::vector<std::string>{"--model", args_.model}, flags,
+                               std::vector<std::string>{"--device", device ? "cuda" : "cpu"}, split_words(extra)})
+        argv.insert(argv.end(), more.begin(), more.end());
+      return run_stage(argv, device, dir / log) == 0;
+    };
+    const auto fail = [&](const std::string& stage, const std::string& log) {
+      record_failure(photo, fmt::format("{}: {}", stage, last_error(dir / log)));
+    };
+    const auto resume_if_interrupted = [&](const std::string& out) {
+      return fs::exists(dir / (out + ".partial")) ? std::vector<std::string>{"--resume"} : std::vector<std::string>{};
     };
     const std::string checkpoint_every = std::to_string(args_.checkpoint_every);
     const auto started = std::chrono::steady_clock::now();
-    json status = {{"photo", photo.name}, {"input", photo.input}};
-    const auto fail = [&](const std::string& stage, const fs::path& log) {
-      record_failure(photo, fmt::format("{}: {}", stage, last_error(log)));
-    };
     const fs::path prepared = fs::path(args_.prepared);
     if (!fs::exists(dir / "concept-stage1")) {
       report(photo, "stage I");
-      auto argv = with(base("invert"), {"--image", (prepared / (photo.name + ".png")).string(), "--mask",
+      std::vector<std::string> flags = {"--image", (prepared / (photo.name + ".png")).string(), "--mask",
                                         (prepared / (photo.name + "_mask.png")).string(), "--class", class_word_,
                                         "--out", (dir / "concept-stage1").string(), "--checkpoint-every",
-                                        checkpoint_every});
-      if (fs::exists(dir / "concept-stage1.partial")) argv.push_back("--resume");
-      if (run_stage(with(with(argv, device_args), split_words(args_.stage1_args)), device, dir / "invert.log") != 0)
-        return fail("stage I", dir / "invert.log");
+                                        checkpoint_every};
+      for (const auto& flag : resume_if_interrupted("concept-stage1")) flags.push_back(flag);
+      if (!run({"invert"}, flags, args_.stage1_args, "invert.log")) return fail("stage I", "invert.log");
     }
     if (!fs::exists(dir / "concept")) {
       report(photo, "stage II");
-      auto argv = with(base("finetune"), {"--concept", (dir / "concept-stage1").string(), "--out",
-                                          (dir / "concept").string(), "--checkpoint-every", checkpoint_every});
-      if (fs::exists(dir / "concept.partial")) argv.push_back("--resume");
-      if (run_stage(with(with(argv, device_args), split_words(args_.stage2_args)), device, dir / "finetune.log") != 0)
-        return fail("stage II", dir / "finetune.log");
+      std::vector<std::string> flags = {"--concept", (dir / "concept-stage1").string(), "--out",
+                                        (dir / "concept").string(), "--checkpoint-every", checkpoint_every};
+      for (const auto& flag : resume_if_interrupted("concept")) flags.push_back(flag);
+      if (!run({"finetune"}, flags, args_.stage2_args, "finetune.log")) return fail("stage II", "finetune.log");
     }
     if (!fs::exists(dir / "images" / "done")) {
       report(photo, "generate");
-      auto argv = with(base("generate"), {"--concept", (dir / "concept").string(), "--out", (dir / "images").string(),
-                                          "--overwrite"});
-      for (const auto& prompt : args_.prompts) argv = with(argv, {"--prompt", prompt});
-      if (run_stage(with(with(argv, device_args), split_words(args_.generate_args)), device, dir / "generate.log") != 0)
-        return fail("generate", dir / "generate.log");
+      std::vector<std::string> flags = {"--concept", (dir / "concept").string(), "--out", (dir / "images").string(),
+                                        "--overwrite"};
+      for (const auto& prompt : args_.prompts) flags.insert(flags.end(), {"--prompt", prompt});
+      if (!run({"generate"}, flags, args_.generate_args, "generate.log")) return fail("generate", "generate.log");
       write_file_atomic((dir / "images" / "done").string(), "");
     }
+    json status = {{"photo", photo.name}, {"input", photo.input}};
     const json concept = read_json_file(dir / "concept" / "concept.json");
     if (!args_.detector.empty()) {
       const auto line = world_lines_.find(photo.input);
@@ -302,13 +307,10 @@ class Batch {
       if (!fs::exists(dir / "eval.json")) {
         report(photo, "measure");
         write_file_atomic((dir / "source.jsonl").string(), line->second + "\n");
-        auto argv = with(base("eval"), {});
-        argv.insert(argv.begin() + 2, "concept");
-        argv = with(argv, {"--concept", (dir / "concept").string(), "--detector", args_.detector, "--source",
-                           (dir / "source.jsonl").string(), "--seeds", "2", "--without-floors", "--json",
-                           (dir / "eval.json").string()});
-        if (run_stage(with(with(argv, device_args), split_words(args_.eval_args)), device, dir / "eval.log") != 0)
-          return fail("measure", dir / "eval.log");
+        const std::vector<std::string> flags = {"--concept", (dir / "concept").string(), "--detector", args_.detector,
+                                                "--source", (dir / "source.jsonl").string(), "--seeds", "2",
+                                                "--without-floors", "--json", (dir / "eval.json").string()};
+        if (!run({"eval", "concept"}, flags, args_.eval_args, "eval.log")) return fail("measure", "eval.log");
       }
       const json figures = read_json_file(dir / "eval.json");
       if (figures.contains("esr")) status["esr"] = figures["esr"];
@@ -323,7 +325,6 @@ class Batch {
     status["stage1_loss"] = losses["stage1"].value("loss", 0.0);
     status["stage2_loss"] = losses["stage2"].value("loss", 0.0);
     status["this_run_seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    status["total_seconds"] = status["stage1_seconds"].get<double>() + status["stage2_seconds"].get<double>();
     write_file_atomic((dir / "status.json").string(), status.dump(2) + "\n");
     report(photo, "done");
   }
