@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Trains the toy world's base model from scratch in two runs of train-base, and records each run's
-# config, seed and wall time next to the weights (OUT/train_base.json, the first run's inside it):
+# Trains the toy world's base model from scratch in three runs of train-base, and records each
+# run's config, seed and wall time next to the weights (OUT/train_base.json, the earlier runs'
+# inside it):
 #   1. configs/base/world.json into OUT.base: the VAE, then the text encoder and UNet;
-#   2. configs/base/world-noise.json into OUT, continuing OUT.base (--init) with offset and coarse
-#      noise, so that global colour and placement follow the caption, not the starting noise.
+#   2. configs/base/world-noise.json into OUT.noise, continuing OUT.base (--init) with offset and
+#      coarse noise, so that global colour and placement follow the caption, not the starting noise;
+#   3. configs/base/world-features.json into OUT, continuing OUT.noise with the same settings
+#      for longer (the committed model's third run taught it the world's larger mouths and
+#      earrings; from scratch it is simply more of the second).
 # Resumable: run it again after an interruption (Ctrl-C or killed) and each run continues from
-# its last checkpoint (OUT.base.checkpoint.safetensors, OUT.checkpoint.safetensors) to the same
+# its last checkpoint (OUT.base.checkpoint.safetensors and so on) to the same
 # weights an uninterrupted run gives.
 #   scripts/train_world_model.sh [OUT] [other train-base flags]
 set -euo pipefail
@@ -23,5 +27,6 @@ train() {
   build/tools/singleinsert train-base --config "$config" --out "$target" --save-dtype fp16 "${resume[@]}" "$@"
 }
 train configs/base/world.json "$base" "${@:2}"
-train configs/base/world-noise.json "$out" --init "$base" "${@:2}"
-echo "this part took $(( $(date +%s) - start )) s; $out/train_base.json has both runs' phases and seconds" >&2
+train configs/base/world-noise.json "$out.noise" --init "$base" "${@:2}"
+train configs/base/world-features.json "$out" --init "$out.noise" "${@:2}"
+echo "this part took $(( $(date +%s) - start )) s; $out/train_base.json has every run's phases and seconds" >&2

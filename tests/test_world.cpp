@@ -119,6 +119,33 @@ TEST(World, EditsChangeOnlyWhatTheyName) {
   EXPECT_THROW(world::apply_edit(scene, "moustache"), Error);
 }
 
+// At the model's 64 px, expressions and earrings must be large enough for 4x-downsampled latents:
+// each changes whole latent positions (16 pixels each), not a line of pixels: at least two on a
+// face of the default size, one and a half on a small one (the mouths of a pixel's width that
+// the model never learned to tell apart changed 3 to 22 pixels).
+TEST(World, SmallEditsCoverSeveralLatentPositionsAt64Pixels) {
+  // Pixels that differ by more than a quarter of the range in some channel.
+  auto changed = [](const world::Scene& a, const world::Scene& b) {
+    const at::Tensor difference = (world::render(a, 64).image.to(at::kInt) - world::render(b, 64).image.to(at::kInt)).abs();
+    return (difference.amax(-1) > 64).sum().item<int64_t>();
+  };
+  for (const std::string size : {"medium", "small"}) {
+    world::Scene source = world::source_scene(world::sample_identity(21), 4);
+    if (size == "small") world::apply_edit(source, size);  // medium is the source's own size
+    const int64_t wanted = size == "medium" ? 2 * 16 : 3 * 8;
+    for (const std::string edit : {"earrings", "smiling", "surprised"}) {
+      world::Scene edited = source;
+      world::apply_edit(edited, edit);
+      EXPECT_GE(changed(source, edited), wanted) << size << " " << edit;
+    }
+    // And the two open mouths differ from each other as much.
+    world::Scene smiling = source, surprised = source;
+    world::apply_edit(smiling, "smiling");
+    world::apply_edit(surprised, "surprised");
+    EXPECT_GE(changed(smiling, surprised), wanted) << size;
+  }
+}
+
 TEST(World, IdentitiesDifferBeyondTheirCaptions) {
   // Two identities that captions describe with the same words still draw different faces.
   int same_words = 0;
@@ -591,6 +618,7 @@ TEST(WorldModel, TheCommittedModelGeneratesAndIsMeasured) {
     for (const char* part : {"whole", "named", "hidden"})
       EXPECT_TRUE(floors.at(row).at("closeness").at(part).is_number()) << row << " " << part;
   EXPECT_EQ(floors.at("overfit_ceiling").at("steps"), 3);
+  EXPECT_EQ(floors.at("overfit_ceiling").at("unconditional_share"), 0.5);
   EXPECT_NE(floors.at("text").at("words").get<std::string>().find(" skin"), std::string::npos);
   // What the model's VAE keeps of a face: the committed model's VAE carries most of its identity.
   EXPECT_GE(floors.at("vae_ceiling").at("closeness").at("whole").get<double>(), 0.8);

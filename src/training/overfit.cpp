@@ -3,14 +3,19 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <cmath>
 
+#include "singleinsert/core/error.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/training/adamw.h"
 
 namespace singleinsert {
 
 OverfitResult overfit_unet(BaseModel base, const at::Tensor& pixels, const at::Tensor& caption_ids,
-                           const OverfitOptions& options, const ProgressCallback& progress) {
+                           const at::Tensor& empty_ids, const OverfitOptions& options,
+                           const ProgressCallback& progress) {
+  if (options.unconditional_share < 0 || options.unconditional_share > 1)
+    throw Error("overfit: the unconditional share must be within [0, 1]");
   const auto start = std::chrono::steady_clock::now();
   const at::Device device = base.device;
   at::Tensor mean, std, context;
@@ -19,8 +24,12 @@ OverfitResult overfit_unet(BaseModel base, const at::Tensor& pixels, const at::T
     const VaePosterior posterior = base.vae->encode(pixels.to(device));
     mean = posterior.mean.to(at::kFloat);
     std = posterior.std.to(at::kFloat);
-    context = base.text_encoder->forward(caption_ids.to(device)).last_hidden_state.to(at::kFloat)
-                  .expand({options.batch, -1, -1}).contiguous();
+    // Rows [0, conditioned) see the caption, the rest the empty prompt.
+    const auto conditioned = static_cast<int64_t>(std::lround(options.batch * (1.0 - options.unconditional_share)));
+    auto encode = [&](const at::Tensor& ids, int64_t rows) {
+      return base.text_encoder->forward(ids.to(device)).last_hidden_state.to(at::kFloat).expand({rows, -1, -1});
+    };
+    context = at::cat({encode(caption_ids, conditioned), encode(empty_ids, options.batch - conditioned)}).contiguous();
   }
   const NoiseSchedule schedule(base.schedule);
   const at::Tensor alphas_cumprod = schedule.alphas_cumprod.to(device);

@@ -82,13 +82,16 @@ nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shar
     OverfitOptions options;
     options.steps = settings.overfit_steps;
     options.lr = settings.overfit_lr;
+    options.unconditional_share = settings.overfit_unconditional;
     const OverfitResult result = overfit_unet(base_model(*overfit), to_model_input(render(source, settings.draw.size).image).unsqueeze(0),
-                                              tokenize_prompts(overfit->tokenizer, {caption}), options, progress);
+                                              tokenize_prompts(overfit->tokenizer, {caption}),
+                                              tokenize_prompts(overfit->tokenizer, {""}), options, progress);
     nlohmann::json ceiling = to_json(reference.score({{}}, draw(*overfit, {caption}, 2 * settings.seeds, settings.draw)));
     ceiling["caption"] = caption;
     ceiling["steps"] = options.steps;
     ceiling["batch"] = options.batch;
     ceiling["lr"] = options.lr;
+    ceiling["unconditional_share"] = options.unconditional_share;
     ceiling["loss_first"] = result.loss_first;
     ceiling["loss_last"] = result.loss_last;
     ceiling["seconds"] = result.seconds;

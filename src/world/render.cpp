@@ -177,10 +177,13 @@ void draw_face(Painter& paint, const Scene& scene, double cx, double cy, double 
   draw_ears(false);
   paint.ellipse(cx, cy + 0.04 * h, w, h, skin);
   draw_ears(true);
+  // Earrings: large gold drops ringed in dark, so that they stand out on blond hair and a yellow
+  // background alike and stay a few latent positions wide.
   if (scene.earrings)
     for (double ex : ears) {
-      paint.line(ex, cy + 0.26 * h, ex, cy + 0.36 * h, kGold, line);
-      paint.circle(ex, cy + 0.43 * h, 0.13 * unit, kGold);
+      paint.line(ex, cy + 0.24 * h, ex, cy + 0.36 * h, scaled(kGold, 0.55), line + 1);
+      paint.circle(ex, cy + 0.48 * h, 0.2 * unit + line, scaled(kGold, 0.45));
+      paint.circle(ex, cy + 0.48 * h, 0.2 * unit, kGold);
     }
   // The fringe, from the crown down to fringe_depth, slanted at the parting; it turns with the face.
   const double crown = cy - 1.06 * h, fringe_bottom = cy - 0.96 * h + 1.4 * f.fringe_depth * h;
@@ -199,8 +202,8 @@ void draw_face(Painter& paint, const Scene& scene, double cx, double cy, double 
     if (eye.facing > 0.25) eyes.push_back({cx + eye.x * w, eye_w * eye.facing});
   }
   for (const Eye& eye : eyes) {
-    paint.line(eye.x - eye.width, eye_y - eye_h - 0.09 * h, eye.x + eye.width, eye_y - eye_h - 0.09 * h,
-               scaled(hair, 0.8), line + 1);  // eyebrow
+    const double brow_y = eye_y - eye_h - (scene.expression == 2 ? 0.17 : 0.09) * h;  // raised in surprise
+    paint.line(eye.x - eye.width, brow_y, eye.x + eye.width, brow_y, scaled(hair, 0.8), line + 1);  // eyebrow
     paint.ellipse(eye.x, eye_y, eye.width, eye_h, cv::Scalar(250, 250, 250));
     const double iris = std::min(eye_h * 0.9, eye.width * 0.62);
     paint.circle(eye.x - 0.25 * eye.width * turn, eye_y, iris, kEyeRgb[f.eye_colour]);
@@ -228,11 +231,21 @@ void draw_face(Painter& paint, const Scene& scene, double cx, double cy, double 
   const Projected mouth = project(0.0, yaw);
   const double mouth_x = cx + mouth.x * w * 0.92, mouth_y = nose_tip_y + 0.2 * h;
   const double mouth_w = f.mouth_width * unit * std::max(0.35, mouth.facing);
-  const cv::Scalar lips(150, 40, 46);
+  // The three expressions differ in colour and area, not only in a line's shape: a closed mouth is
+  // a thin red line, a smile an open grin (dark, a row of white teeth along its top), surprise a
+  // tall dark "O". Shapes of a pixel or two alone were averaged into one red blob by the model.
+  const cv::Scalar lips(150, 40, 46), inside(60, 14, 20), teeth(246, 246, 240);
   if (scene.expression == 1) {
-    paint.ellipse(mouth_x, mouth_y - 0.1 * h, mouth_w, 0.2 * h, lips, 0, 15, 165, line + 1);  // a deep smile
+    const double grin_w = 1.1 * mouth_w, grin_h = 0.22 * h, top = mouth_y - 0.06 * h;
+    paint.ellipse(mouth_x, top, grin_w + line, grin_h + line, lips, 0, 0, 180);
+    paint.ellipse(mouth_x, top, grin_w, grin_h, inside, 0, 0, 180);
+    paint.polygon({{mouth_x - 0.85 * grin_w, top}, {mouth_x + 0.85 * grin_w, top},
+                   {mouth_x + 0.75 * grin_w, top + 0.35 * grin_h}, {mouth_x - 0.75 * grin_w, top + 0.35 * grin_h}},
+                  teeth);
   } else if (scene.expression == 2) {
-    paint.ellipse(mouth_x, mouth_y, 0.4 * mouth_w + 0.06 * unit, 0.13 * h, lips);  // an open "O"
+    const double o_w = 0.45 * mouth_w + 0.08 * unit, o_h = 0.17 * h;
+    paint.ellipse(mouth_x, mouth_y + 0.02 * h, o_w + line, o_h + line, lips);
+    paint.ellipse(mouth_x, mouth_y + 0.02 * h, o_w, o_h, inside);
   } else {
     paint.line(mouth_x - mouth_w, mouth_y, mouth_x + mouth_w, mouth_y, lips, line + 1);
   }

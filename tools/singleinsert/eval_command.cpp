@@ -208,6 +208,7 @@ struct ConceptArgs : GenerationEvalArgs {
   std::string concept_dir, source, floors;
   int overfit_steps = 400;
   double overfit_lr = 2e-4;
+  double overfit_unconditional = 0.5;
   bool without_floors = false;
 };
 
@@ -232,6 +233,10 @@ void add_concept(CLI::App& eval) {
   command->add_option("--overfit-lr", args->overfit_lr, "Learning rate of the overfit ceiling's fine-tuning")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  command->add_option("--overfit-unconditional", args->overfit_unconditional,
+                      "Share of each overfit batch on the empty prompt, so that guidance keeps the overfit image")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   command->add_flag("--without-floors", args->without_floors, "Skip the floors and ceilings (faster)");
   command->callback([args] {
     const world::Scene source = read_source_scene(args->source);
@@ -252,7 +257,8 @@ void add_concept(CLI::App& eval) {
                                   {"unet_sha256", base_model_sha256(*bundle)},
                                   {"source", world::to_json(source)}, {"seeds", args->seeds},
                                   {"steps", args->steps}, {"guidance", args->guidance},
-                                  {"overfit_steps", args->overfit_steps}, {"overfit_lr", args->overfit_lr}};
+                                  {"overfit_steps", args->overfit_steps}, {"overfit_lr", args->overfit_lr},
+                                  {"overfit_unconditional", args->overfit_unconditional}};
       if (!args->floors.empty() && fs::exists(args->floors)) {
         const nlohmann::json kept = nlohmann::json::parse(read_file(args->floors));
         if (kept.value("key", nlohmann::json()) == key) floors = kept.at("floors");
@@ -263,6 +269,7 @@ void add_concept(CLI::App& eval) {
         settings.seeds = args->seeds;
         settings.overfit_steps = args->overfit_steps;
         settings.overfit_lr = args->overfit_lr;
+        settings.overfit_unconditional = args->overfit_unconditional;
         ProgressLine progress;
         floors = world::measure_floors(*bundle, load_model, reference, settings, std::ref(progress));
         progress.finish();

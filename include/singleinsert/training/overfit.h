@@ -13,6 +13,10 @@ struct OverfitOptions {
   int steps = 400;
   int batch = 8;
   double lr = 2e-4;
+  // The share of each batch conditioned on the empty prompt, so that classifier-free guidance
+  // does not push the overfit caption's prediction away from an unconditional one it never
+  // taught (guidance 7.5 multiplies their difference).
+  double unconditional_share = 0.5;
   uint64_t seed = 0;
 };
 
@@ -23,8 +27,10 @@ struct OverfitResult {
 
 // Trains `base.unet` in place (epsilon prediction on the model's noise schedule, AdamW, no
 // weight decay) on `pixels` [1, 3, R, R] in [-1, 1] with the text encoder's output for
-// `caption_ids` [1, 77]; the text encoder and the VAE stay frozen.
+// `caption_ids` [1, 77] (and for `empty_ids` [1, 77], the empty prompt, on the batch's
+// unconditional share); the text encoder and the VAE stay frozen.
 OverfitResult overfit_unet(BaseModel base, const at::Tensor& pixels, const at::Tensor& caption_ids,
-                           const OverfitOptions& options, const ProgressCallback& progress = {});
+                           const at::Tensor& empty_ids, const OverfitOptions& options,
+                           const ProgressCallback& progress = {});
 
 }  // namespace singleinsert

@@ -35,6 +35,7 @@ struct FloorSettings {
   int seeds = 3;           // generations per prompt
   int overfit_steps = 400;  // 0: no overfit ceiling
   double overfit_lr = 2e-4;
+  double overfit_unconditional = 0.5;  // share of each overfit batch on the empty prompt
 };
 
 // The floors and ceilings of one source on one model, which do not depend on the concept:
@@ -43,7 +44,8 @@ struct FloorSettings {
 //   text_novel_view  the head turns in words (faces)
 //   vae_ceiling      the edited renders with the source's identity, through the model's VAE
 //   overfit_ceiling  the source caption drawn by a copy of the model (from `fresh_model`) whose
-//                    UNet was fine-tuned on the source image until it redraws it
+//                    UNet was fine-tuned on the source image until it redraws it (its caption
+//                    and, on a share of each batch, the empty prompt)
 //   scale            the identity distances that closeness 1 and 0 stand for
 nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shared_ptr<ModelBundle>()>& fresh_model,
                               SourceReference& reference, const FloorSettings& settings,
