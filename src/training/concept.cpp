@@ -18,6 +18,17 @@ namespace fs = std::filesystem;
 namespace singleinsert {
 namespace {
 
+// A whole-number field of a file that fits an int: a float or a number beyond int's range is a
+// clear error (converting it would be undefined behaviour).
+int int_field(const nlohmann::json& json, const char* key, const char* file) {
+  const nlohmann::json& value = json.at(key);
+  const bool fits = value.is_number_unsigned()  ? value.get<uint64_t>() <= 2147483647u
+                    : value.is_number_integer() ? value.get<int64_t>() >= -2147483647 && value.get<int64_t>() <= 2147483647
+                                                : false;
+  if (!fits) throw Error(fmt::format("{}: \"{}\" should be an integer (within +-2147483647), not {}", file, key, value.dump()));
+  return value.get<int>();
+}
+
 std::string partial_path(const std::string& path) {
   fs::path p = fs::path(path).lexically_normal();
   if (!p.has_filename()) p = p.parent_path();
@@ -43,8 +54,8 @@ std::vector<StepRecord> parse_history(const std::string& json) {
   try {
     for (const auto& row : nlohmann::json::parse(json)) {
       StepRecord r;
-      r.stage = row.at("stage");
-      r.step = row.at("step");
+      r.stage = int_field(row, "stage", "the training history");
+      r.step = int_field(row, "step", "the training history");
       r.loss = row.at("loss");
       r.fg = row.at("fg");
       r.bg = row.at("bg");
@@ -80,7 +91,7 @@ Concept Concept::load(const std::string& path) {
                               info.value("format_version", 0), kConceptFormatVersion));
     concept.trigger = info.at("trigger").get<std::string>();
     concept.class_word = info.at("class").get<std::string>();
-    concept.stage = info.at("stage").get<int>();
+    concept.stage = int_field(info, "stage", "concept.json");
     if (concept.stage != 1 && concept.stage != 2)
       throw Error(fmt::format("{}: concept.json names stage {} (a concept is stage 1 or 2)", path, concept.stage));
     concept.base_model_sha256 = info.at("base_model").value("unet_sha256", "");
@@ -164,8 +175,8 @@ std::optional<std::pair<TrainingState, std::string>> ConceptBuilder::load_checkp
   std::string run;
   try {
     const auto json = nlohmann::json::parse(read_file(state_file));
-    state.stage = json.at("stage");
-    state.step = json.at("step");
+    state.stage = int_field(json, "stage", "state.json");
+    state.step = int_field(json, "step", "state.json");
     state.history = parse_history(json.at("history").dump());
     run = json.at("run").dump();
     if ((state.stage != 1 && state.stage != 2) || state.step < 0)
