@@ -9,6 +9,7 @@
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
+#include "singleinsert/core/json_int.h"
 
 namespace singleinsert {
 
@@ -74,10 +75,9 @@ namespace {
                              const char* expected) {
   throw Error(fmt::format("{}: '{}' should be {}, got {}", origin, key, expected, value.dump()));
 }
+}  // namespace
 
-// An int, if the value is one: a JSON integer or a whole float within int's range (a cast of an
-// out-of-range float is undefined behaviour, and of a wider integer a silent wrap).
-std::optional<int> as_int(const nlohmann::json& value) {
+std::optional<int> json_as_int(const nlohmann::json& value) {
   if (value.is_number_unsigned()) {
     const auto v = value.get<uint64_t>();
     if (v <= static_cast<uint64_t>(std::numeric_limits<int>::max())) return static_cast<int>(v);
@@ -96,12 +96,11 @@ std::optional<int> as_int(const nlohmann::json& value) {
   }
   return std::nullopt;
 }
-}  // namespace
 
 int JsonConfig::get_int(const std::string& key, int fallback) const {
   if (!has(key)) return fallback;
   const auto& value = json_->at(key);
-  if (const auto v = as_int(value)) return *v;
+  if (const auto v = json_as_int(value)) return *v;
   wrong_type(origin_, key, value, "an integer (within +-2147483647)");
 }
 
@@ -136,12 +135,12 @@ std::vector<int> JsonConfig::get_int_list(const std::string& key, const std::vec
   if (!has(key)) return fallback;
   const auto& value = json_->at(key);
   if (value.is_number_integer()) {
-    if (const auto v = as_int(value)) return {*v};
+    if (const auto v = json_as_int(value)) return {*v};
   }
   if (!value.is_array()) wrong_type(origin_, key, value, "an integer or a list of integers");
   std::vector<int> out;
   for (const auto& item : value) {
-    const auto v = item.is_number_integer() ? as_int(item) : std::nullopt;
+    const auto v = item.is_number_integer() ? json_as_int(item) : std::nullopt;
     if (!v) wrong_type(origin_, key, value, "a list of integers (each within +-2147483647)");
     out.push_back(*v);
   }

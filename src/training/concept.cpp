@@ -11,6 +11,7 @@
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
+#include "singleinsert/core/json_int.h"
 #include "singleinsert/formats/lora_layouts.h"
 
 namespace fs = std::filesystem;
@@ -18,15 +19,12 @@ namespace fs = std::filesystem;
 namespace singleinsert {
 namespace {
 
-// A whole-number field of a file that fits an int: a float or a number beyond int's range is a
+// A whole-number field of a file that fits an int: a fraction or a number beyond int's range is a
 // clear error (converting it would be undefined behaviour).
 int int_field(const nlohmann::json& json, const char* key, const char* file) {
   const nlohmann::json& value = json.at(key);
-  const bool fits = value.is_number_unsigned()  ? value.get<uint64_t>() <= 2147483647u
-                    : value.is_number_integer() ? value.get<int64_t>() >= -2147483647 && value.get<int64_t>() <= 2147483647
-                                                : false;
-  if (!fits) throw Error(fmt::format("{}: \"{}\" should be an integer (within +-2147483647), not {}", file, key, value.dump()));
-  return value.get<int>();
+  if (const auto v = json_as_int(value)) return *v;
+  throw Error(fmt::format("{}: \"{}\" should be an integer (within +-2147483647), not {}", file, key, value.dump()));
 }
 
 std::string partial_path(const std::string& path) {
