@@ -146,6 +146,35 @@ TEST(World, SmallEditsCoverSeveralLatentPositionsAt64Pixels) {
   }
 }
 
+TEST(World, DetailRegionsHoldTheMouthAndEarringsAndNothingElse) {
+  world::Scene source = world::source_scene(world::sample_identity(21), 4);
+  const at::Tensor regions = world::detail_regions(source, 64);
+  ASSERT_EQ(regions.sizes(), (std::vector<int64_t>{64, 64}));
+  // Every pixel an expression or earrings edit changes is in the regions ...
+  for (const std::string edit : {"earrings", "smiling", "surprised"}) {
+    world::Scene edited = source;
+    world::apply_edit(edited, edit);
+    const at::Tensor changed = world::render(source, 64).image.ne(world::render(edited, 64).image).any(2);
+    EXPECT_GT(changed.sum().item<int64_t>(), 0) << edit;
+    EXPECT_TRUE(at::equal(changed.logical_and(regions.eq(0)), at::zeros_like(changed))) << edit;
+  }
+  // ... on the face (with the earrings it could wear), a part of it; sunglasses are not details.
+  world::Scene with_earrings = source;
+  world::apply_edit(with_earrings, "earrings");
+  const at::Tensor face =
+      world::render(source, 64).mask.squeeze(2).gt(0).logical_or(world::render(with_earrings, 64).mask.squeeze(2).gt(0));
+  EXPECT_EQ(regions.gt(0).logical_and(face.logical_not()).sum().item<int64_t>(), 0);
+  EXPECT_LT(regions.sum().item<double>(), 0.4 * face.sum().item<double>());
+  world::Scene with_sunglasses = source;
+  world::apply_edit(with_sunglasses, "sunglasses");
+  const at::Tensor sunglasses =
+      world::render(source, 64).image.ne(world::render(with_sunglasses, 64).image).any(2).to(at::kFloat);
+  EXPECT_LT((sunglasses * regions).sum().item<double>(), 0.5 * sunglasses.sum().item<double>());
+  // A cup has none.
+  const world::Scene cup = world::cup_source_scene(world::sample_cup_identity(3), 0);
+  EXPECT_EQ(world::detail_regions(cup, 64).sum().item<double>(), 0.0);
+}
+
 TEST(World, IdentitiesDifferBeyondTheirCaptions) {
   // Two identities that captions describe with the same words still draw different faces.
   int same_words = 0;
@@ -354,9 +383,12 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
   nlohmann::json with_offset = nlohmann::json::parse(std::ifstream(config));
   with_offset["diffusion"]["steps"] = 6;
   std::ofstream(dir + "/plain.json") << with_offset.dump();
+  nlohmann::json with_details = with_offset;
   with_offset["diffusion"]["noise_offset"] = 0.5;
   std::ofstream(dir + "/offset.json") << with_offset.dump();
-  for (const char* name : {"plain", "offset"}) {
+  with_details["diffusion"]["detail_weight"] = 4.0;
+  std::ofstream(dir + "/details.json") << with_details.dump();
+  for (const char* name : {"plain", "offset", "details"}) {
     const auto continued = testing::run_cli({"train-base", "--config", dir + "/" + name + ".json", "--init",
                                              dir + "/model", "--out", dir + "/" + name});
     ASSERT_EQ(continued.exit_code, 0) << continued.err;
@@ -373,6 +405,13 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
   };
   EXPECT_NE(unet_of("plain"), unet_of("model"));
   EXPECT_NE(unet_of("offset"), unet_of("plain"));
+  // Detail weighting: the same batches and noise, a heavier loss where mouths and earrings are.
+  const auto first_loss = [&](const std::string& model) {
+    return nlohmann::json::parse(read_file(dir + "/" + model + "/train_base.json")).at("diffusion").at("loss_first").get<double>();
+  };
+  EXPECT_NE(unet_of("details"), unet_of("plain"));
+  EXPECT_GT(first_loss("details"), 1.01 * first_loss("plain"));
+  EXPECT_LT(first_loss("details"), 2.0 * first_loss("plain"));
   nlohmann::json wider = nlohmann::json::parse(std::ifstream(dir + "/plain.json"));
   wider["unet"]["block_out_channels"] = {64, 64};
   std::ofstream(dir + "/wider.json") << wider.dump();

@@ -176,6 +176,7 @@ BaseTrainingConfig BaseTrainingConfig::from_json(const JsonConfig& config) {
     c.min_snr_gamma = diffusion.value("min_snr_gamma", c.min_snr_gamma);
     c.noise_offset = diffusion.value("noise_offset", c.noise_offset);
     c.coarse_noise = diffusion.value("coarse_noise", c.coarse_noise);
+    c.detail_weight = diffusion.value("detail_weight", c.detail_weight);
     c.unet_config = json.at("unet").dump();
     c.text_encoder_config = json.at("text_encoder").dump();
     c.validate();
@@ -198,6 +199,7 @@ void BaseTrainingConfig::validate() const {
   if (min_snr_gamma < 0) throw Error("train-base: min_snr_gamma must be >= 0");
   if (noise_offset < 0 || noise_offset > 1) throw Error("train-base: noise_offset must be in [0, 1]");
   if (coarse_noise < 0 || coarse_noise > 1) throw Error("train-base: coarse_noise must be in [0, 1]");
+  if (!(detail_weight >= 0 && detail_weight <= 100)) throw Error("train-base: detail_weight must be in [0, 100]");
   if (precision != "fp32" && precision != "bf16")
     throw Error("train-base: precision must be fp32 or bf16, not '" + precision + "'");
   if (checkpoint_every < 0) throw Error("train-base: checkpoint_every must be >= 0");
@@ -214,6 +216,7 @@ std::string BaseTrainingConfig::to_json() const {
   // configs still resume.
   if (noise_offset > 0) diffusion_json["noise_offset"] = noise_offset;
   if (coarse_noise > 0) diffusion_json["coarse_noise"] = coarse_noise;
+  if (detail_weight > 0) diffusion_json["detail_weight"] = detail_weight;
   nlohmann::json json{{"resolution", resolution},
                       {"seed", seed},
                       {"precision", precision},
@@ -441,7 +444,13 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
       const at::Tensor context =
           text_encoder->forward(tokenize_prompts(tokenizer, captions).to(device)).last_hidden_state;
       const at::Tensor predicted = unet->forward(noisy, timesteps, context).to(at::kFloat);
-      const at::Tensor per_sample = (predicted - noise).square().mean({1, 2, 3});
+      at::Tensor squared = (predicted - noise).square();  // [B, C, h, w]
+      if (config.detail_weight > 0 && batch.detail.defined()) {
+        // A latent position counts as detail when any pixel it encodes is.
+        const at::Tensor detail = std::get<0>(at::adaptive_max_pool2d(batch.detail.to(device), {height, width}));
+        squared = squared * (1.0 + config.detail_weight * detail);
+      }
+      const at::Tensor per_sample = squared.mean({1, 2, 3});
       if (config.min_snr_gamma <= 0) return per_sample.mean();
       // min-SNR-gamma for epsilon prediction: weight min(SNR, gamma) / SNR.
       const at::Tensor snr = a.view({count}) / (1.0 - a.view({count}));

@@ -304,4 +304,21 @@ WorldSample render(const Scene& scene, int size) {
   return sample;
 }
 
+at::Tensor detail_regions(const Scene& scene, int size) {
+  at::Tensor regions = at::zeros({size, size}, at::kFloat);
+  if (scene.subject != Subject::kFace) return regions;
+  const at::Tensor drawn = render(scene, size).image;
+  std::vector<Scene> variants;
+  for (int expression = 0; expression < static_cast<int>(kExpressions.size()); ++expression)
+    if (expression != scene.expression) {
+      variants.push_back(scene);
+      variants.back().expression = expression;
+    }
+  variants.push_back(scene);
+  variants.back().earrings = !scene.earrings;
+  for (const Scene& variant : variants)
+    regions = at::maximum(regions, render(variant, size).image.ne(drawn).any(2).to(at::kFloat));
+  return regions;
+}
+
 }  // namespace singleinsert::world

@@ -163,18 +163,22 @@ void add_train_base_command(CLI::App& app) {
     const ExecutionOptions execution = make_execution_options(args->device, "fp32");
     const int resolution = config.resolution;
     // Example i of the stream is world scene i, rendered at the training resolution, with a
-    // caption that leaves out some of what the full caption says.
-    const CaptionedSource source = [resolution](uint64_t first, int count) {
+    // caption that leaves out some of what the full caption says, and where its small details are
+    // when the run weights them.
+    const bool with_details = config.detail_weight > 0;
+    const CaptionedSource source = [resolution, with_details](uint64_t first, int count) {
       CaptionedBatch batch;
-      std::vector<at::Tensor> images;
+      std::vector<at::Tensor> images, details;
       for (int i = 0; i < count; ++i) {
         const uint64_t index = first + static_cast<uint64_t>(i);
         const world::Scene scene = world::sample_scene(index);
         const world::WorldSample sample = world::render(scene, resolution);
         images.push_back(sample.image.permute({2, 0, 1}).to(at::kFloat) / 127.5 - 1.0);
+        if (with_details) details.push_back(world::detail_regions(scene, resolution).unsqueeze(0));
         batch.captions.push_back(world::caption(scene, world::training_caption_parts(scene, index)));
       }
       batch.images = at::stack(images);
+      if (with_details) batch.detail = at::stack(details);
       return batch;
     };
     install_interrupt_handler();

@@ -43,6 +43,10 @@ struct BaseTrainingConfig {
   // > 0: the same for the next coarsest patterns: noise on 2x2 and 4x4 grids of this scale,
   // upsampled bilinearly, so that the left-right balance of the noise cannot place the subject.
   double coarse_noise = 0.0;
+  // > 0: the loss on latent positions that show a batch's detail regions (CaptionedBatch::detail,
+  // max-pooled to the latents) is weighted 1 + this, so that small captioned details, a mouth's
+  // expression or earrings, are learned with the words that name them.
+  double detail_weight = 0.0;
   // A model folder to start from (its VAE and scaling factor, frozen; its text encoder and UNet
   // as the diffusion phase's starting weights): the VAE phase is skipped. Empty: from scratch.
   std::string init_model;
@@ -54,7 +58,8 @@ struct BaseTrainingConfig {
 
   // {"resolution", "seed", "precision", "checkpoint_every",
   //  "vae": {steps, batch_size, lr, weight_decay, warmup_steps, final_lr_fraction, kl_weight, config},
-  //  "diffusion": {..., caption_dropout, ema_decay, min_snr_gamma, noise_offset, coarse_noise}, "unet": {...},
+  //  "diffusion": {..., caption_dropout, ema_decay, min_snr_gamma, noise_offset, coarse_noise,
+  //                 detail_weight}, "unet": {...},
   //  "text_encoder": {...}}; init_model comes from the command line.
   static BaseTrainingConfig from_json(const JsonConfig& json);
   void validate() const;
@@ -64,6 +69,8 @@ struct BaseTrainingConfig {
 struct CaptionedBatch {
   at::Tensor images;  // float32 [B, 3, R, R] in [-1, 1], CPU
   std::vector<std::string> captions;
+  at::Tensor detail;  // float32 [B, 1, R, R] in [0, 1], CPU: the small details' regions; read when
+                      // detail_weight > 0 (undefined: none)
 };
 // Returns `count` examples starting at example `first` of an endless, deterministic stream.
 using CaptionedSource = std::function<CaptionedBatch(uint64_t first, int count)>;

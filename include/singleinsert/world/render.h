@@ -21,4 +21,11 @@ struct WorldSample {
 // Deterministic: the same scene and size give the same bytes. size >= 32.
 WorldSample render(const Scene& scene, int size = 256);
 
+// Where the scene's small captioned details are drawn: float32 [S, S], 1 on every pixel that a
+// render with another expression, or with the earrings toggled, would change (the mouth, brows
+// and eyes of every expression, both earrings), 0 elsewhere and everywhere on a cup subject.
+// Base training weights these regions up (diffusion.detail_weight): a few latent positions
+// otherwise carry too little of the loss for the words that draw them to be learned.
+at::Tensor detail_regions(const Scene& scene, int size);
+
 }  // namespace singleinsert::world
