@@ -394,7 +394,9 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
       EXPECT_EQ(result.err.rfind("error: ", 0), 0u) << result.err;
       EXPECT_EQ(std::count(result.err.begin(), result.err.end(), '\n'), 1) << result.err;
       EXPECT_TRUE(result.out.empty()) << result.out;
-      if (!c.out.empty()) EXPECT_FALSE(fs::exists(c.out)) << "left " << c.out << " behind";
+      if (!c.out.empty()) {
+        EXPECT_FALSE(fs::exists(c.out)) << "left " << c.out << " behind";
+      }
     } else {
       EXPECT_EQ(result.exit_code, 0) << result.err;
     }
