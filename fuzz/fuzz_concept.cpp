@@ -48,8 +48,9 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   const std::string concept_json = R"({"base_model":{"path":"sd_tiny","unet_sha256":""},"class":"face",)"
                                    R"("created_by":"singleinsert","embedding":{"file":"embedding.safetensors","width":32},)"
                                    R"("format_version":1,"history":)";
-  const std::string history = history_json({{1, 1, 0.03, 0.03, 0.001, 0.0, 0.035, 0.001, 0.85},
-                                            {2, 2, 0.07, 0.06, 0.017, 0.002, 0.27, 0.001, 1.22}});
+  const std::string history =
+      history_json({{1, 1, 0.03, {{"fg", 0.03}, {"bg", 0.001}, {"sm", 0.0}}, 0.035, 0.001, 0.85},
+                    {2, 2, 0.07, {{"fg", 0.06}, {"bg", 0.017}, {"sm", 0.002}}, 0.27, 0.001, 1.22}});
   const std::string state = R"({"history":)" + history + R"(,"run":{"class":"face","trigger":"*"},"stage":2,"step":2})";
   fuzz::write_seed("stage1.bin", concept_json + history + R"(,"stage":1,"trigger":"*"})" + std::string(1, '\0') + state);
   fuzz::write_seed("stage2.bin", concept_json + history + R"(,"stage":2,"trigger":"sks"})" + std::string(1, '\0') + state +
@@ -69,7 +70,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const int64_t width = bundle.text_encoder->text_model->embeddings->token_embedding->weight.size(1);
     save_safetensors(concept_dir + "/embedding.safetensors", {{"*", at::zeros({1, width})}});
     fs::create_directories(resumed + ".partial/checkpoint");
-    save_safetensors(resumed + ".partial/checkpoint/encoder.safetensors", {{"proj.weight", at::zeros({2, 2})}});
+    save_safetensors(resumed + ".partial/checkpoint/trainable.safetensors", {{"proj.weight", at::zeros({2, 2})}});
     save_safetensors(resumed + ".partial/checkpoint/optimizer.safetensors", {{"step", at::zeros({1})}});
     save_safetensors(resumed + ".partial/checkpoint/lora.safetensors", to_diffusers_processor_layout(lora));
     return true;

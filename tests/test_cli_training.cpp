@@ -8,6 +8,7 @@
 #include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 #include <opencv2/imgproc.hpp>
@@ -258,6 +259,111 @@ TEST(CliTraining, EncoderStartsFromAClipVisionCheckpoint) {
   const CliResult wrong = run_cli(with(invert_args(tiny_preset(dir), dir + "/mismatch"),
                                        {"--encoder-weights", testing::golden_path("clip_vision_tiny/model.safetensors")}));
   expect_clean_failure(wrong, "has shape");
+}
+
+// A tiny preset of another method: 32 px, batch 2, `steps` steps.
+std::string method_preset(const std::string& dir, const std::string& method, int steps, int checkpoint_every = 0) {
+  const std::string path = dir + "/" + method + "_preset.json";
+  std::ofstream(path) << nlohmann::json{{"method", method},
+                                        {"resolution", 32},
+                                        {"steps", steps},
+                                        {"batch", 2},
+                                        {"learning_rate", 5e-3},
+                                        {"checkpoint_every", checkpoint_every}}
+                             .dump();
+  return path;
+}
+
+std::vector<std::string> method_args(const std::string& method, const std::string& preset, const std::string& out) {
+  return {"invert", "--model", testing::golden_path("sd_tiny"), "--method", method, "--image", image_file(), "--class",
+          "toy", "--preset", preset, "--out", out};
+}
+
+TEST(CliTraining, TextualInversionAndCrossInitMakeConceptsThatGenerate) {
+  const std::string dir = fresh_temp_dir("methods");
+  write_file_atomic(dir + "/names.txt", "Emma Watson\n\nBarack Obama\n  Tom Hanks  \n");
+  for (const std::string method : {"textual-inversion", "cross-init"}) {
+    std::vector<std::string> args =
+        with(method_args(method, method_preset(dir, method, 3), dir + "/" + method), {"--num-vectors", "2"});
+    if (method == "cross-init") args = with(args, {"--init-names", dir + "/names.txt"});
+    const CliResult trained = run_cli(args);
+    ASSERT_EQ(trained.exit_code, 0) << trained.err;
+    const std::string concept = dir + "/" + method;
+    const auto json = nlohmann::json::parse(read_file(concept + "/concept.json"));
+    EXPECT_EQ(json["method"], method);
+    EXPECT_EQ(json["stage"], 1);
+    EXPECT_EQ(json["history"].size(), 3u);
+    EXPECT_EQ(json["training"]["num_vectors"], 2);
+    EXPECT_TRUE(json["history"][0].contains("noise"));
+    EXPECT_EQ(json["history"][0].contains("reg"), method == "cross-init");
+    EXPECT_FALSE(fs::exists(concept + "/encoder.safetensors"));
+    EXPECT_FALSE(fs::exists(concept + "/mask.png"));  // none was given
+    const at::Tensor embedding = embedding_of(concept);
+    EXPECT_EQ(embedding.sizes(), (std::vector<int64_t>{2, 32}));
+
+    // The concept's two vectors are what "*" stands for in prompts.
+    const CliResult generated = run_cli({"generate", "--model", testing::golden_path("sd_tiny"), "--concept", concept,
+                                         "--prompt", "a photo of *", "--steps", "2", "--out", dir + "/images_" + method});
+    ASSERT_EQ(generated.exit_code, 0) << generated.err;
+    expect_clean_failure(run_cli({"finetune", "--model", testing::golden_path("sd_tiny"), "--concept", concept, "--out",
+                                  dir + "/ft_" + method}),
+                         "trained with " + method);
+  }
+  // Textual inversion starts every vector from its initializer word; training moves them apart
+  // from it by the same steps, so both rows stay equal only if nothing was learned.
+  const at::Tensor ti = embedding_of(dir + "/textual-inversion");
+  EXPECT_FALSE(at::equal(ti, embedding_of(dir + "/cross-init")));
+}
+
+TEST(CliTraining, TextualInversionResumesToTheSameResult) {
+  const std::string dir = fresh_temp_dir("ti_resume");
+  const std::string preset = method_preset(dir, "textual-inversion", 12, /*checkpoint_every=*/0);
+  const CliResult reference = run_cli(method_args("textual-inversion", preset, dir + "/reference"));
+  ASSERT_EQ(reference.exit_code, 0) << reference.err;
+  const std::string log = dir + "/log.jsonl";
+  const auto process =
+      testing::spawn_cli(with(method_args("textual-inversion", preset, dir + "/interrupted"), {"--log-json", log}));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline && count_lines(log) < 2)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kill(process.pid, SIGINT);
+  expect_clean_failure(testing::wait_cli(process), "interrupted at step");
+  const CliResult resumed =
+      run_cli({"invert", "--model", testing::golden_path("sd_tiny"), "--out", dir + "/interrupted", "--resume"});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_TRUE(at::equal(embedding_of(dir + "/interrupted"), embedding_of(dir + "/reference")));
+  const auto a = nlohmann::json::parse(read_file(dir + "/interrupted/concept.json"))["history"];
+  const auto b = nlohmann::json::parse(read_file(dir + "/reference/concept.json"))["history"];
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << i + 1;
+}
+
+TEST(CliTraining, MethodBadInputsFailCleanly) {
+  const std::string dir = fresh_temp_dir("methods_bad");
+  const std::string ti = method_preset(dir, "textual-inversion", 1), ci = method_preset(dir, "cross-init", 1);
+  expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--num-vectors", "0"})),
+                       "--num-vectors must be between 1 and 75");
+  expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--init-word", "teddy bear"})),
+                       "the initializer word 'teddy bear' is 2 tokens");
+  expect_clean_failure(run_cli(method_args("cross-init", ci, dir + "/c")), "give --init-names FILE");
+  expect_clean_failure(run_cli(with(method_args("cross-init", ci, dir + "/c"), {"--init-names", dir + "/none.txt"})),
+                       "--init-names " + dir + "/none.txt: no such file");
+  write_file_atomic(dir + "/empty.txt", "\n  \n");
+  expect_clean_failure(run_cli(with(method_args("cross-init", ci, dir + "/c"), {"--init-names", dir + "/empty.txt"})),
+                       "the file holds no names");
+  write_file_atomic(dir + "/unknown.txt", "\x01\x02\n");
+  expect_clean_failure(run_cli(with(method_args("cross-init", ci, dir + "/c"), {"--init-names", dir + "/unknown.txt"})),
+                       "no name in --init-names tokenizes to a known word");
+  expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--bg-weight", "2"})),
+                       "--bg-weight is a SingleInsert setting");
+  expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--trigger", "two words"})),
+                       "--trigger");
+  EXPECT_FALSE(fs::exists(dir + "/c"));
+  EXPECT_FALSE(fs::exists(dir + "/c.partial"));
+  // A trigger that is a word of the vocabulary is allowed, with a warning.
+  const CliResult word = run_cli(with(method_args("textual-inversion", ti, dir + "/word"), {"--trigger", "cat"}));
+  EXPECT_EQ(word.exit_code, 0) << word.err;
+  EXPECT_NE(word.err.find("the token 'cat' is also a word of the model's vocabulary"), std::string::npos) << word.err;
 }
 
 }  // namespace

@@ -163,7 +163,7 @@ TEST(Trainer, ResumingAfterAnInterruptReproducesTheUninterruptedRun) {
   EXPECT_EQ(saved.stage, 2);
   EXPECT_EQ(saved.step, 1);
   auto resumed_again = run.trainer();
-  load_state_dict(*resumed_again->encoder_module(), std::map<std::string, at::Tensor>(saved.encoder.begin(), saved.encoder.end()),
+  load_state_dict(*resumed_again->encoder_module(), std::map<std::string, at::Tensor>(saved.trainable.begin(), saved.trainable.end()),
                   "checkpoint");
   resumed_again->run_stage(2, {}, &saved);
 

@@ -143,6 +143,7 @@ std::vector<std::pair<std::string, std::string>> describe_path(const std::string
       const Concept concept = Concept::load(path);
       const auto json = nlohmann::json::parse(concept.json);
       rows.push_back({"kind", fmt::format("singleinsert concept (stage {})", concept.stage)});
+      rows.push_back({"method", concept.method});
       rows.push_back({"trigger", concept.trigger});
       rows.push_back({"class", concept.class_word});
       rows.push_back({"embedding", shape_string(concept.embedding.sizes())});

@@ -65,13 +65,28 @@ void AdamW::load_state(const std::map<std::string, at::Tensor>& state, const std
   step_ = it->second.item<int64_t>();
 }
 
-double clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm) {
-  at::NoGradGuard no_grad;
+namespace {
+
+// The global 2-norm of the gradients, undefined when no parameter has one.
+at::Tensor total_grad_norm(const std::vector<at::Tensor>& parameters) {
   std::vector<at::Tensor> norms;
   for (const auto& p : parameters)
     if (p.grad().defined()) norms.push_back(p.grad().detach().norm(2.0));
-  if (norms.empty()) return 0.0;
-  const at::Tensor total = at::stack(norms).norm(2.0);
+  return norms.empty() ? at::Tensor() : at::stack(norms).norm(2.0);
+}
+
+}  // namespace
+
+double grad_norm(const std::vector<at::Tensor>& parameters) {
+  at::NoGradGuard no_grad;
+  const at::Tensor total = total_grad_norm(parameters);
+  return total.defined() ? total.item<double>() : 0.0;
+}
+
+double clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm) {
+  at::NoGradGuard no_grad;
+  const at::Tensor total = total_grad_norm(parameters);
+  if (!total.defined()) return 0.0;
   // torch >= 1.13: always multiply by min(max_norm / (norm + 1e-6), 1), no branch, no sync.
   const at::Tensor coefficient = (max_norm / (total + 1e-6)).clamp_max(1.0);
   for (const auto& p : parameters)

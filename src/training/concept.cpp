@@ -7,6 +7,7 @@
 #include <spdlog/spdlog.h>
 
 #include <filesystem>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "singleinsert/core/error.h"
@@ -27,6 +28,9 @@ int int_field(const nlohmann::json& json, const char* key, const char* file) {
   throw Error(fmt::format("{}: \"{}\" should be an integer (within +-2147483647), not {}", file, key, value.dump()));
 }
 
+// The fields every history row has; any other number in a row is a loss term.
+const std::set<std::string> kRecordFields = {"stage", "step", "loss", "grad_norm", "lr", "seconds"};
+
 std::string partial_path(const std::string& path) {
   fs::path p = fs::path(path).lexically_normal();
   if (!p.has_filename()) p = p.parent_path();
@@ -41,9 +45,14 @@ std::map<std::string, at::Tensor> tensors_of(const std::string& file) {
 
 std::string history_json(const std::vector<StepRecord>& history) {
   nlohmann::json rows = nlohmann::json::array();
-  for (const auto& r : history)
-    rows.push_back({{"stage", r.stage}, {"step", r.step}, {"loss", r.loss}, {"fg", r.fg}, {"bg", r.bg},
-                    {"sm", r.sm}, {"grad_norm", r.grad_norm}, {"lr", r.lr}, {"seconds", r.seconds}});
+  for (const auto& r : history) {
+    nlohmann::json row = {{"stage", r.stage}, {"step", r.step}, {"loss", r.loss}};
+    for (const auto& [name, value] : r.terms) row[name] = value;  // a method's loss terms, by name
+    row["grad_norm"] = r.grad_norm;
+    row["lr"] = r.lr;
+    row["seconds"] = r.seconds;
+    rows.push_back(std::move(row));
+  }
   return rows.dump();
 }
 
@@ -55,9 +64,8 @@ std::vector<StepRecord> parse_history(const std::string& json) {
       r.stage = int_field(row, "stage", "the training history");
       r.step = int_field(row, "step", "the training history");
       r.loss = row.at("loss");
-      r.fg = row.at("fg");
-      r.bg = row.at("bg");
-      r.sm = row.at("sm");
+      for (const auto& [key, value] : row.items())
+        if (value.is_number() && !kRecordFields.count(key)) r.terms.emplace_back(key, value.get<double>());
       r.grad_norm = row.value("grad_norm", 0.0);
       r.lr = row.value("lr", 0.0);
       r.seconds = row.value("seconds", 0.0);
@@ -89,6 +97,7 @@ Concept Concept::load(const std::string& path) {
                               info.value("format_version", 0), kConceptFormatVersion));
     concept.trigger = info.at("trigger").get<std::string>();
     concept.class_word = info.at("class").get<std::string>();
+    concept.method = info.value("method", "singleinsert");
     concept.stage = int_field(info, "stage", "concept.json");
     if (concept.stage != 1 && concept.stage != 2)
       throw Error(fmt::format("{}: concept.json names stage {} (a concept is stage 1 or 2)", path, concept.stage));
@@ -146,7 +155,7 @@ void ConceptBuilder::save_checkpoint(const TrainingState& state, const std::stri
   const fs::path next = fs::path(staging_) / "checkpoint.next", current = fs::path(staging_) / "checkpoint";
   fs::remove_all(next);
   fs::create_directories(next);
-  save_safetensors((next / "encoder.safetensors").string(), state.encoder);
+  save_safetensors((next / "trainable.safetensors").string(), state.trainable);
   if (!state.lora.empty()) save_safetensors((next / "lora.safetensors").string(), to_diffusers_processor_layout(state.lora));
   save_safetensors((next / "optimizer.safetensors").string(), state.optimizer);
   const nlohmann::json json = {{"stage", state.stage},
@@ -183,7 +192,8 @@ std::optional<std::pair<TrainingState, std::string>> ConceptBuilder::load_checkp
     throw Error(fmt::format("{}: the interrupted run's checkpoint is damaged ({}); start over with --overwrite",
                             state_file, e.what()));
   }
-  for (const auto& [key, tensor] : tensors_of((dir / "encoder.safetensors").string())) state.encoder.emplace_back(key, tensor);
+  for (const auto& [key, tensor] : tensors_of((dir / "trainable.safetensors").string()))
+    state.trainable.emplace_back(key, tensor);
   for (const auto& [key, tensor] : tensors_of((dir / "optimizer.safetensors").string())) state.optimizer.emplace_back(key, tensor);
   if (fs::exists(dir / "lora.safetensors"))
     state.lora = from_diffusers_processor_layout(tensors_of((dir / "lora.safetensors").string()), "checkpoint");

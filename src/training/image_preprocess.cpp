@@ -26,10 +26,20 @@ double triangle(double x) {
   return x < 1.0 ? 1.0 - x : 0.0;
 }
 
-Coefficients precompute(int64_t in_size, int64_t out_size) {
+// Pillow's bicubic_filter (a = -0.5), support 2.
+double bicubic(double x) {
+  constexpr double a = -0.5;
+  x = std::fabs(x);
+  if (x < 1.0) return ((a + 2.0) * x - (a + 3.0)) * x * x + 1;
+  if (x < 2.0) return (((x - 5) * x + 8) * x - 4) * a;
+  return 0.0;
+}
+
+Coefficients precompute(int64_t in_size, int64_t out_size, PilFilter filter) {
   const double scale = static_cast<double>(in_size) / static_cast<double>(out_size);
   const double filter_scale = std::max(scale, 1.0);
-  const double support = 1.0 * filter_scale;  // the bilinear filter's support is 1
+  double (*kernel)(double) = filter == PilFilter::kBicubic ? bicubic : triangle;
+  const double support = (filter == PilFilter::kBicubic ? 2.0 : 1.0) * filter_scale;
   Coefficients c;
   c.kernel_size = static_cast<int64_t>(std::ceil(support)) * 2 + 1;
   c.bounds.resize(out_size * 2);
@@ -45,7 +55,7 @@ Coefficients precompute(int64_t in_size, int64_t out_size) {
     xmax -= xmin;
     double total = 0.0;
     for (int64_t x = 0; x < xmax; ++x) {
-      k[x] = triangle((static_cast<double>(x + xmin) - center + 0.5) * inverse);
+      k[x] = kernel((static_cast<double>(x + xmin) - center + 0.5) * inverse);
       total += k[x];
     }
     for (int64_t x = 0; x < xmax; ++x) {
@@ -67,10 +77,10 @@ uint8_t clip8(int64_t value) {
 }
 
 // One separable pass along `axis` (1 = width, 0 = height) of a contiguous uint8 [H, W, C] image.
-at::Tensor resample_axis(const at::Tensor& input, int64_t out_size, int axis) {
+at::Tensor resample_axis(const at::Tensor& input, int64_t out_size, int axis, PilFilter filter) {
   const int64_t height = input.size(0), width = input.size(1), channels = input.size(2);
   const int64_t in_size = axis == 1 ? width : height;
-  const Coefficients c = precompute(in_size, out_size);
+  const Coefficients c = precompute(in_size, out_size, filter);
   const int64_t out_h = axis == 1 ? height : out_size, out_w = axis == 1 ? out_size : width;
   at::Tensor output = at::empty({out_h, out_w, channels}, at::kByte);
   const uint8_t* in = input.data_ptr<uint8_t>();
@@ -95,6 +105,10 @@ at::Tensor resample_axis(const at::Tensor& input, int64_t out_size, int axis) {
 }  // namespace
 
 at::Tensor pil_resize_bilinear(const at::Tensor& pixels, int64_t out_height, int64_t out_width) {
+  return pil_resize(pixels, out_height, out_width, PilFilter::kBilinear);
+}
+
+at::Tensor pil_resize(const at::Tensor& pixels, int64_t out_height, int64_t out_width, PilFilter filter) {
   if (pixels.scalar_type() != at::kByte || pixels.dim() != 3)
     throw Error(fmt::format("expected uint8 [H, W, C] pixels, got {} {}", dtype_string(pixels.scalar_type()),
                             shape_string(pixels.sizes())));
@@ -102,8 +116,8 @@ at::Tensor pil_resize_bilinear(const at::Tensor& pixels, int64_t out_height, int
   at::Tensor image = pixels.cpu().contiguous();
   if (image.size(0) == out_height && image.size(1) == out_width) return image.clone();
   // Pillow resamples horizontally first, into an 8-bit image, then vertically.
-  if (image.size(1) != out_width) image = resample_axis(image, out_width, 1);
-  if (image.size(0) != out_height) image = resample_axis(image, out_height, 0);
+  if (image.size(1) != out_width) image = resample_axis(image, out_width, 1, filter);
+  if (image.size(0) != out_height) image = resample_axis(image, out_height, 0, filter);
   return image;
 }
 

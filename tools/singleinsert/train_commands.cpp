@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "cli_support.h"
@@ -25,6 +26,9 @@
 #include "singleinsert/pipeline/prompt_encoding.h"
 #include "singleinsert/pipeline/text_to_image.h"
 #include "singleinsert/training/concept.h"
+#include "singleinsert/training/cross_init.h"
+#include "singleinsert/training/image_preprocess.h"
+#include "singleinsert/training/textual_inversion.h"
 #include "singleinsert/training/trainer.h"
 
 namespace fs = std::filesystem;
@@ -51,6 +55,11 @@ struct TrainArgs {
 
 struct InvertArgs : TrainArgs {
   std::string image, mask, class_word, trigger = "*", encoder_weights, crop = "center";
+  // Methods other than SingleInsert.
+  std::string method = "singleinsert", init_word, init_names, init_words;
+  int num_vectors = 0;
+  double reg_weight = 0;
+  bool fast = false;
 };
 
 struct FinetuneArgs : TrainArgs {
@@ -172,19 +181,29 @@ at::Tensor render_preview(ModelBundle& bundle, const std::string& trigger, const
   return image_grid(tiles, 4, options.prompts);
 }
 
-at::Tensor plot_history(const std::vector<StepRecord>& history) {
-  std::vector<Curve> curves = {{"loss", {}, {20, 20, 20}}, {"L_fg", {}, {200, 60, 40}},
-                               {"L_bg", {}, {40, 110, 200}}, {"L_sm", {}, {60, 160, 60}}};
+// Every loss term of the history as a curve; a line where a stage begins.
+at::Tensor plot_history(const std::vector<StepRecord>& history, const std::string& title) {
+  static const std::map<std::string, std::pair<std::string, std::array<uint8_t, 3>>> known = {
+      {"fg", {"L_fg", {200, 60, 40}}}, {"bg", {"L_bg", {40, 110, 200}}}, {"sm", {"L_sm", {60, 160, 60}}},
+      {"noise", {"L_noise", {200, 60, 40}}}, {"reg", {"L_reg", {40, 110, 200}}}};
+  std::vector<Curve> curves = {{"loss", {}, {20, 20, 20}}};
+  std::vector<std::string> names;
+  for (const auto& r : history)
+    for (const auto& [name, value] : r.terms)
+      if (std::find(names.begin(), names.end(), name) == names.end()) {
+        names.push_back(name);
+        const auto it = known.find(name);
+        curves.push_back(it != known.end() ? Curve{it->second.first, {}, it->second.second}
+                                           : Curve{name, {}, {150, 110, 60}});
+      }
   std::vector<int> boundaries;
   for (size_t i = 0; i < history.size(); ++i) {
     const auto& r = history[i];
     if (i > 0 && r.stage != history[i - 1].stage) boundaries.push_back(static_cast<int>(i));
     curves[0].values.push_back(r.loss);
-    curves[1].values.push_back(r.fg);
-    curves[2].values.push_back(r.bg);
-    curves[3].values.push_back(r.sm);
+    for (size_t k = 0; k < names.size(); ++k) curves[k + 1].values.push_back(r.term(names[k]));
   }
-  return plot_curves("SingleInsert losses (log scale; the line marks stage II)", curves, boundaries);
+  return plot_curves(title, curves, boundaries);
 }
 
 struct StageRun {
@@ -258,7 +277,9 @@ void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const Trai
   write_png(builder.staged("source.png"), r.source.image);
   write_png(builder.staged("mask.png"), r.source.mask.size(2) == 3 ? r.source.mask
                                                                        : r.source.mask.narrow(2, 0, 1).contiguous());
-  if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history));
+  if (!history.empty())
+    write_png(builder.staged("loss.png"),
+              plot_history(history, "SingleInsert losses (log scale; the line marks stage II)"));
   if (args.preview) {
     at::NoGradGuard no_grad;
     auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
@@ -269,12 +290,17 @@ void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const Trai
 
   auto final_losses = [&](int which) {
     for (auto it = history.rbegin(); it != history.rend(); ++it)
-      if (it->stage == which) return nlohmann::json{{"loss", it->loss}, {"fg", it->fg}, {"bg", it->bg}, {"sm", it->sm}};
+      if (it->stage == which) {
+        nlohmann::json losses = {{"loss", it->loss}};
+        for (const auto& [name, value] : it->terms) losses[name] = value;
+        return losses;
+      }
     return nlohmann::json();
   };
   nlohmann::json concept = {
       {"format_version", kConceptFormatVersion},
       {"kind", "singleinsert-concept"},
+      {"method", "singleinsert"},
       {"trigger", r.run.trigger},
       {"class", r.run.class_word},
       {"stage", stage},
@@ -322,15 +348,234 @@ std::optional<std::pair<TrainingState, std::string>> load_checkpoint_or_start_ov
   return saved;
 }
 
+// The image as trained on: square, centre-cropped when allowed (a note says so).
+at::Tensor square_image(const at::Tensor& pixels, CropMode crop, const std::string& path) {
+  const int64_t height = pixels.size(0), width = pixels.size(1);
+  if (height == width) return pixels;
+  if (crop == CropMode::kNone)
+    throw Error(fmt::format("{}: {}x{} is not square (pass --crop center to centre-crop it)", path, width, height));
+  spdlog::warn("{}: {}x{} centre-cropped to {}x{}", path, width, height, std::min(width, height), std::min(width, height));
+  return center_crop_square(pixels);
+}
+
+// The n tokens a multi-vector trigger expands to: trigger, trigger_1 ... trigger_{n-1}.
+std::vector<std::string> vector_tokens(const std::string& trigger, int count) {
+  std::vector<std::string> tokens = {trigger};
+  for (int k = 1; k < count; ++k) tokens.push_back(fmt::format("{}_{}", trigger, k));
+  return tokens;
+}
+
+// The names a Cross Initialization starts from (--init-names FILE, one per line); empty when it
+// starts from --init-words instead.
+std::vector<std::string> cross_init_names(const InvertArgs& args) {
+  if (!args.init_names.empty() && !args.init_words.empty()) throw Error("give --init-names or --init-words, not both");
+  if (args.init_names.empty() && args.init_words.empty())
+    throw Error("cross-init starts from a list of names: give --init-names FILE (one per line) or --init-words");
+  std::vector<std::string> names;
+  if (args.init_names.empty()) return names;
+  if (!fs::is_regular_file(args.init_names)) throw Error(fmt::format("--init-names {}: no such file", args.init_names));
+  std::istringstream lines(read_file(args.init_names));
+  for (std::string line; std::getline(lines, line);) {
+    line.erase(0, line.find_first_not_of(" \t\r"));
+    line.erase(line.find_last_not_of(" \t\r") + 1);
+    if (!line.empty()) names.push_back(line);
+  }
+  if (names.empty()) throw Error(fmt::format("--init-names {}: the file holds no names", args.init_names));
+  return names;
+}
+
+// invert --method textual-inversion | cross-init: n word embeddings trained on the whole image.
+void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
+                             const std::optional<std::pair<TrainingState, std::string>>& saved) {
+  const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
+  EmbeddingInversionConfig config;
+  nlohmann::json init = nlohmann::json::object();
+  std::optional<TrainingState> checkpoint;
+  if (saved) {
+    const auto run = nlohmann::json::parse(saved->second);
+    config.apply_json(run.at("training").dump(), "checkpoint");
+    checkpoint = saved->first;
+    args.image = run.at("source_image");
+    args.mask = run.at("source_mask");
+    args.class_word = run.at("class");
+    args.trigger = run.at("trigger");
+    init = run.at("init");
+    spdlog::info("resuming {} at step {} with the interrupted run's settings", config.method, checkpoint->step);
+  } else {
+    // The method's own preset, then a preset file's settings on top.
+    const std::string builtin = args.method == "cross-init" && args.fast ? "cross-init-fast" : args.method;
+    config.apply_json(method_preset_json(builtin), builtin);
+    if (args.given("--preset")) config.apply_json(method_preset_json(args.preset), args.preset);
+    if (config.method != args.method)
+      throw Error(fmt::format("--preset {} is a {} preset, not {}", args.preset, config.method, args.method));
+    if (args.given("--steps")) config.steps = args.steps;
+    if (args.given("--batch")) config.batch = args.batch;
+    if (args.given("--lr")) config.learning_rate = args.lr;
+    if (args.given("--seed")) config.seed = args.seed;
+    if (args.given("--checkpoint-every")) config.checkpoint_every = args.checkpoint_every;
+    if (args.given("--resolution")) config.resolution = args.resolution;
+    if (args.given("--num-vectors")) config.num_vectors = args.num_vectors;
+    if (args.given("--reg-weight")) config.reg_weight = args.reg_weight;
+    for (const char* flag : {"--bg-weight", "--encoder-weights"})
+      if (args.given(flag)) throw Error(fmt::format("{} is a SingleInsert setting; {} does not use it", flag, args.method));
+    config.validate();
+    if (args.method == "textual-inversion") {
+      if (!args.init_names.empty() || !args.init_words.empty())
+        throw Error("--init-names and --init-words are cross-init's; textual inversion starts from --init-word");
+      init = {{"word", args.init_word.empty() ? args.class_word : args.init_word}};
+    } else {
+      if (!args.init_word.empty()) throw Error("--init-word is textual inversion's; cross-init starts from --init-names");
+      const std::vector<std::string> names = cross_init_names(args);
+      init = names.empty() ? nlohmann::json{{"words", args.init_words}} : nlohmann::json{{"names", names}};
+    }
+  }
+  if (args.image.empty() || args.class_word.empty()) throw Error("--image and --class are required");
+  validate_trigger(args.trigger, "--trigger");
+
+  // The mask is not trained on; kept with the concept when given, for evaluation.
+  const at::Tensor image = load_picture(args.image, "image");
+  const at::Tensor mask = args.mask.empty() ? at::Tensor() : load_picture(args.mask, "mask");
+  RunDescription run;
+  run.image_sha256 = sha256_of_file(args.image);
+  run.mask_sha256 = args.mask.empty() ? "" : sha256_of_file(args.mask);
+  if (checkpoint) {
+    const auto previous = nlohmann::json::parse(saved->second);
+    if (previous.at("image_sha256") != run.image_sha256 || previous.at("mask_sha256") != run.mask_sha256)
+      throw Error("the image or mask changed since the interrupted run (their sha256 differ); start over with --overwrite");
+  }
+  auto bundle = load_model_bundle(args.model.model, execution, args.model.sources);
+  const std::vector<std::string> tokens = vector_tokens(args.trigger, config.num_vectors);
+  for (const auto& token : tokens)
+    if (bundle->tokenizer.is_vocabulary_token(token) || bundle->tokenizer.is_vocabulary_token(token + "</w>"))
+      spdlog::warn("the token '{}' is also a word of the model's vocabulary; in prompts with this concept it will "
+                   "mean the concept (choose another with --trigger if that is a problem)",
+                   token);
+  const int64_t first_id = bundle->tokenizer.add_token(tokens[0]);
+  for (int k = 1; k < config.num_vectors; ++k)
+    if (bundle->tokenizer.add_token(tokens[k]) != first_id + k)
+      throw Error(fmt::format("the token '{}' is already taken", tokens[k]));
+  auto& text_encoder = *bundle->text_encoder;
+  text_encoder.resize_token_embeddings(bundle->tokenizer.vocab_size());
+  at::Tensor start;
+  if (config.method == "textual-inversion") {
+    const std::string word = init.at("word");
+    const std::vector<int64_t> ids = bundle->tokenizer.encode(word);
+    if (ids.size() != 1)
+      throw Error(fmt::format("the initializer word '{}' is {} tokens; textual inversion starts from one (choose "
+                              "another with --init-word)",
+                              word, ids.size()));
+    const at::Tensor row = text_encoder.text_model->embeddings->token_embedding->weight[ids[0]];
+    start = row.detach().to(at::kFloat).unsqueeze(0).repeat({config.num_vectors, 1});
+  } else if (init.contains("words")) {
+    start = cross_init_from_words(text_encoder, bundle->tokenizer, init.at("words"), config.num_vectors);
+  } else {
+    start = cross_init_from_names(text_encoder, bundle->tokenizer, init.at("names").get<std::vector<std::string>>(),
+                                  config.num_vectors, "--init-names");
+  }
+  const int64_t factor = bundle->vae_scale_factor();
+  if (config.resolution % factor != 0)
+    throw Error(fmt::format("--resolution {} is not a multiple of the VAE factor {}", config.resolution, factor));
+  const at::Tensor square = square_image(image, args.crop == "none" ? CropMode::kNone : CropMode::kCenter, args.image);
+  const at::Tensor pixels =
+      to_signed_unit_tensor(pil_resize(square, config.resolution, config.resolution, PilFilter::kBicubic));
+  std::string placeholder = tokens[0];
+  for (int k = 1; k < config.num_vectors; ++k) placeholder += " " + tokens[k];
+  const at::Tensor template_ids = tokenize_prompts(bundle->tokenizer, inversion_prompts(config, placeholder));
+
+  run.model = args.model.model;
+  run.trigger = args.trigger;
+  run.class_word = args.class_word;
+  run.source_image = fs::absolute(args.image).string();
+  run.source_mask = args.mask.empty() ? "" : fs::absolute(args.mask).string();
+  run.training_json = config.to_json();
+  nlohmann::json run_json = nlohmann::json::parse(run.to_json());
+  run_json["init"] = init;
+
+  EmbeddingInversion method(base_model(*bundle), config, pixels, template_ids, first_id, start);
+  ProgressLine progress;
+  StepLog log(args.log_json);
+  TrainingCallbacks callbacks;
+  callbacks.progress = std::ref(progress);
+  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
+  int last_checkpoint = 0;
+  callbacks.on_checkpoint = [&](const TrainingState& state) {
+    last_checkpoint = state.step;
+    builder.save_checkpoint(state, run_json.dump());
+  };
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<StepRecord> history;
+  try {
+    history = run_steps(method, method.step_options(), callbacks, checkpoint ? &*checkpoint : nullptr);
+  } catch (const TrainingInterrupted& interrupted) {
+    progress.finish();
+    throw Error(fmt::format("interrupted at step {}; the checkpoint is in {} (continue with --resume)", interrupted.step,
+                            builder.staging()));
+  } catch (const TrainingDiverged& diverged) {
+    progress.finish();
+    if (last_checkpoint > 0)
+      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
+                              last_checkpoint, builder.staging()));
+    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
+  }
+  progress.finish();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (!history.empty()) seconds = std::max(seconds, history.back().seconds);
+
+  const at::Tensor embedding = method.embedding();
+  builder.write_embedding(args.trigger, embedding);
+  write_png(builder.staged("source.png"), square);
+  if (mask.defined()) {
+    const at::Tensor mask_square = square_image(mask, CropMode::kCenter, args.mask);
+    write_png(builder.staged("mask.png"), mask_square.size(2) == 3 ? mask_square : mask_square.narrow(2, 0, 1).contiguous());
+  }
+  if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history, config.method + " loss (log scale)"));
+  nlohmann::json final_losses = nlohmann::json::object();
+  if (!history.empty()) {
+    final_losses["loss"] = history.back().loss;
+    for (const auto& [name, value] : history.back().terms) final_losses[name] = value;
+  }
+  nlohmann::json concept = {
+      {"format_version", kConceptFormatVersion},
+      {"kind", "singleinsert-concept"},
+      {"method", config.method},
+      {"trigger", args.trigger},
+      {"class", args.class_word},
+      {"stage", 1},
+      {"base_model", {{"path", run.model}, {"unet_sha256", base_model_sha256(*bundle)}}},
+      {"source",
+       {{"image_sha256", run.image_sha256},
+        {"mask_sha256", run.mask_sha256},
+        {"image", run.source_image},
+        {"mask", run.source_mask}}},
+      {"training", nlohmann::json::parse(config.to_json())},
+      {"init", init},
+      {"embedding", {{"file", "embedding.safetensors"}, {"width", embedding.size(1)}, {"vectors", embedding.size(0)}}},
+      {"wall_time_seconds", {{"stage1", seconds}, {"stage2", 0.0}}},
+      {"final_losses", {{"stage1", final_losses}, {"stage2", nullptr}}},
+      {"history", nlohmann::json::parse(history_json(history))},
+      {"device", bundle->execution.device.str()},
+      {"created_by", "singleinsert"}};
+  builder.write_json(concept.dump(2) + "\n");
+  builder.commit();
+  std::fprintf(stderr, "%s: %d steps in %s, final loss %.5g\n", config.method.c_str(), config.steps,
+               format_duration(seconds).c_str(), history.empty() ? 0.0 : history.back().loss);
+  std::printf("%s\n", args.out.c_str());
+}
+
 void run_invert(InvertArgs& args) {
   install_interrupt_handler();
-  const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   ConceptBuilder builder(args.out, args.overwrite, args.resume);
+  auto saved = args.resume ? load_checkpoint_or_start_over(builder) : std::nullopt;
+  // A resumed run continues with the method it was started with.
+  if (saved) args.method = nlohmann::json::parse(saved->second).at("training").value("method", "singleinsert");
+  if (args.method != "singleinsert") return run_embedding_inversion(args, builder, saved);
+  for (const char* flag : {"--num-vectors", "--init-word", "--init-names", "--init-words", "--reg-weight", "--fast"})
+    if (args.given(flag)) throw Error(fmt::format("{} is not a SingleInsert setting (see --method)", flag));
+  const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   std::optional<TrainingState> checkpoint;
   nlohmann::json saved_run;
   StageRun r;
   r.config.apply_json(preset_json(args.preset), args.preset);
-  auto saved = args.resume ? load_checkpoint_or_start_over(builder) : std::nullopt;
   if (saved) {
     const auto run = nlohmann::json::parse(saved->second);
     saved_run = run;
@@ -396,6 +641,10 @@ void run_finetune(FinetuneArgs& args) {
   install_interrupt_handler();
   const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   const Concept parent = Concept::load(args.concept);
+  if (parent.method != "singleinsert")
+    throw Error(fmt::format("{}: trained with {}; finetune continues a SingleInsert stage I concept (it starts from "
+                            "its image encoder)",
+                            args.concept, parent.method));
   if (parent.stage != 1)
     throw Error(fmt::format("{}: already finetuned (stage {}); finetune starts from a stage I concept made by invert",
                             args.concept, parent.stage));
@@ -463,6 +712,17 @@ void add_invert_command(CLI::App& app) {
   command->add_option("--crop", args->crop, "center: centre-crop non-square images; none: refuse them")
       ->check(CLI::IsMember({"center", "none"}))
       ->capture_default_str();
+  command->add_option("--method", args->method,
+                      "singleinsert (image encoder, masked losses), textual-inversion (diffusers' script) or "
+                      "cross-init (Cross Initialization); the mask is optional for the last two")
+      ->check(CLI::IsMember({"singleinsert", "textual-inversion", "cross-init"}))
+      ->capture_default_str();
+  command->add_option("--num-vectors", args->num_vectors, "textual-inversion, cross-init: vectors the trigger stands for");
+  command->add_option("--init-word", args->init_word, "textual-inversion: the one-token word to start from (default: --class)");
+  command->add_option("--init-names", args->init_names, "cross-init: a file of names, one per line, to start from");
+  command->add_option("--init-words", args->init_words, "cross-init: words to start from instead of a names file");
+  command->add_option("--reg-weight", args->reg_weight, "cross-init: weight of the pull towards the start");
+  command->add_flag("--fast", args->fast, "cross-init: the fast version's preset (fewer steps)");
   command->callback([args] { run_invert(*args); });
 }
 

@@ -28,7 +28,7 @@ struct WorldArgs {
   uint64_t seed = 0;
   int count = 1, size = 256;
   int64_t identity = -1;
-  bool held_out = false, source = false, full_mask = false, overwrite = false;
+  bool held_out = false, source = false, full_mask = false, overwrite = false, list_names = false;
   std::vector<std::string> edits;
 };
 
@@ -82,9 +82,14 @@ void add_world_command(CLI::App& app) {
   command->add_flag("--full-mask", args->full_mask,
                     "Write masks that cover the whole image (for full-image-loss baselines)");
   command->add_flag("--overwrite", args->overwrite, "Write into a folder that already has files");
+  command->add_flag("--list-names", args->list_names, "Print the named persons of the training scenes, one per line");
   command->callback([args] {
     if (!args->tokenizer.empty()) {  // the tokenizer train-base gives world models
       write_small_clip_tokenizer(args->tokenizer, world::vocabulary_words());
+      return;
+    }
+    if (args->list_names) {  // the world's celebrities: what Cross Initialization starts from
+      for (const auto& name : world::person_names()) std::printf("%s\n", name.c_str());
       return;
     }
     if (args->out.empty()) throw Error("world: --out is required");

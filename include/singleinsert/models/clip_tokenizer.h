@@ -54,6 +54,7 @@ class ClipTokenizer {
   int64_t bos_id() const { return bos_id_; }
   int64_t eos_id() const { return eos_id_; }
   int64_t pad_id() const { return pad_id_; }
+  int64_t unk_id() const { return unk_id_; }
   int max_length() const { return max_length_; }
   int64_t vocab_size() const;  // base vocabulary plus added tokens
 

@@ -40,6 +40,8 @@ class AdamW {
   int64_t step_ = 0;
 };
 
+// The global 2-norm of the gradients (0 when none has one).
+double grad_norm(const std::vector<at::Tensor>& parameters);
 // Scales gradients so their global 2-norm is at most max_norm; returns the norm before clipping.
 double clip_grad_norm(const std::vector<at::Tensor>& parameters, double max_norm);
 

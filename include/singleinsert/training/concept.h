@@ -2,11 +2,13 @@
 // The concept artifact: a folder users keep, share and compose.
 //   concept.json            format version, trigger, class, stage, every training setting, the
 //                           sha256 of the source image, mask and base model, wall times, losses
-//   embedding.safetensors   {"<trigger>": [1, D]} (diffusers' learned_embeds layout)
+//   embedding.safetensors   {"<trigger>": [n, D]} (diffusers' learned_embeds layout; n vectors
+//                           for textual inversion and Cross Initialization, 1 for SingleInsert)
 //   lora.safetensors        stage II: LoRA weights (diffusers' processor layout; rank and alpha
 //                           in the metadata)
-//   encoder.safetensors     the image encoder (stage II and resuming start from it)
-//   source.png, mask.png    the inputs as trained on, so finetune needs only --concept
+//   encoder.safetensors     SingleInsert's image encoder (stage II starts from it)
+//   source.png, mask.png    the inputs as trained on, so finetune needs only --concept (the mask
+//                           only where one was given: the other methods do not need it)
 // It is built in "<folder>.partial" and renamed into place when complete, so an interrupted run
 // never leaves a half-written concept; the checkpoint for --resume lives there meanwhile.
 #include <ATen/core/Tensor.h>
@@ -27,10 +29,11 @@ struct Concept {
   std::string path;
   std::string trigger;
   std::string class_word;
+  std::string method = "singleinsert";  // or textual-inversion, cross-init
   int stage = 1;
   std::string base_model_sha256;
   std::string json;          // concept.json as written
-  at::Tensor embedding;      // [1, D]
+  at::Tensor embedding;      // [n, D]
   LoraWeightMap lora;        // empty for stage I
   int64_t lora_rank = 0;
   double lora_alpha = 0;

@@ -7,7 +7,10 @@
 
 namespace singleinsert {
 
-// uint8 [H, W, C] -> uint8 [out_h, out_w, C], bit-identical to PIL's Image.resize(BILINEAR).
+enum class PilFilter { kBilinear, kBicubic };
+
+// uint8 [H, W, C] -> uint8 [out_h, out_w, C], bit-identical to PIL's Image.resize(filter).
+at::Tensor pil_resize(const at::Tensor& pixels, int64_t out_height, int64_t out_width, PilFilter filter);
 at::Tensor pil_resize_bilinear(const at::Tensor& pixels, int64_t out_height, int64_t out_width);
 
 // The largest centred square of a uint8 [H, W, C] image.

@@ -6,76 +6,19 @@
 // device and a resumed run continues exactly where the interrupted one stopped.
 #include <ATen/core/Tensor.h>
 
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
-#include "singleinsert/core/error.h"
 #include "singleinsert/models/clip_vision_model.h"
-#include "singleinsert/core/progress.h"
 #include "singleinsert/models/clip_text_model.h"
 #include "singleinsert/models/lora.h"
-#include "singleinsert/models/unet.h"
-#include "singleinsert/models/vae.h"
-#include "singleinsert/sampling/noise_schedule.h"
-#include "singleinsert/training/adamw.h"
+#include "singleinsert/training/base_model.h"
 #include "singleinsert/training/source_data.h"
+#include "singleinsert/training/step_loop.h"
 #include "singleinsert/training/training_config.h"
 
 namespace singleinsert {
-
-struct StepRecord {
-  int stage = 1;
-  int step = 0;  // 1-based, after the update
-  double loss = 0, fg = 0, bg = 0, sm = 0;
-  double grad_norm = 0;
-  double lr = 0;
-  double seconds = 0;  // since the stage started (this process)
-};
-
-// Called every `checkpoint_every` steps and on interruption, with the state to persist.
-struct TrainingState {
-  int stage = 1;
-  int step = 0;
-  NamedTensors encoder;
-  LoraWeightMap lora;
-  NamedTensors optimizer;
-  std::vector<StepRecord> history;
-};
-
-struct TrainingCallbacks {
-  ProgressCallback progress;
-  std::function<void(const StepRecord&)> on_step;
-  std::function<void(const TrainingState&)> on_checkpoint;
-};
-
-// Raised when Ctrl-C stopped training after a checkpoint was written.
-class TrainingInterrupted : public Error {
- public:
-  TrainingInterrupted(int stage, int step)
-      : Error("interrupted"), stage(stage), step(step) {}
-  int stage, step;
-};
-
-// The frozen base model the concept is inserted into (a model bundle's components).
-struct BaseModel {
-  UNet2DConditionModel unet{nullptr};
-  ClipTextModel text_encoder{nullptr};
-  AutoencoderKL vae{nullptr};
-  NoiseScheduleConfig schedule;
-  c10::Device device = c10::Device(c10::kCPU);
-  // The frozen weights' dtype; bf16/fp16 runs each forward pass under autocast while the
-  // trainable parameters and the optimizer state stay float32.
-  at::ScalarType dtype = at::kFloat;
-};
-
-// Raised when the loss stops being finite; nothing is updated with that step's gradients.
-class TrainingDiverged : public Error {
- public:
-  TrainingDiverged(const std::string& message, int stage, int step) : Error(message), stage(stage), step(step) {}
-  int stage, step;
-};
 
 class SingleInsertTrainer {
  public:
@@ -97,6 +40,7 @@ class SingleInsertTrainer {
   const std::vector<StepRecord>& history() const { return history_; }
 
  private:
+  class Stage;
   BaseModel base_;
   ClipVisionModel encoder_;
   TrainingConfig config_;
