@@ -11,7 +11,11 @@ import os
 import sys
 
 VARIANTS = [("s1-full", "I: full image"), ("s1-fg", "I: L_fg"), ("s1-fg-bg", "I: L_fg + L_bg"),
-            ("s2-full", "II: full image"), ("s2-no-sm", "II: L_fg + L_bg"), ("s2-sm", "II: L_fg + L_bg + L_sm")]
+            ("s2-full", "II: full image"), ("s2-no-sm", "II: L_fg + L_bg"), ("s2-sm", "II: L_fg + L_bg + L_sm"),
+            ("ti", "textual inversion"), ("ti-db", "textual inversion + DreamBooth-LoRA"),
+            ("ci", "Cross Initialization")]
+# Methods whose concept comes after another's: their wall time includes that one's.
+PARENTS = {"s2-sm": "s1-fg-bg", "s2-no-sm": "s1-fg-bg", "s2-full": "s1-full", "ti-db": "ti"}
 PARTS = ("whole", "named", "hidden")
 
 
@@ -50,6 +54,9 @@ def main():
                 record = load(path)
                 seconds = os.path.join(folder, key + ".seconds")
                 record["seconds"] = float(open(seconds).read()) if os.path.exists(seconds) else None
+                parent = os.path.join(folder, PARENTS.get(key, "") + ".seconds")
+                if key in PARENTS and record["seconds"] is not None and os.path.exists(parent):
+                    record["total_seconds"] = record["seconds"] + float(open(parent).read())
                 rows[key].append(record)
         floor_path = os.path.join(folder, "floors.json")
         if os.path.exists(floor_path):
@@ -61,15 +68,19 @@ def main():
     n = max((len(v) for v in rows.values()), default=0)
     print(f"{len(identities)} identities ({n} with every variant scored)\n")
     print("| variant | ESR | closeness | named part | hidden part | floor-to-ceiling (whole) | "
-          "floor-to-ceiling (hidden) | background leakage | wall time |")
+          "floor-to-ceiling (hidden) | background leakage | wall time (with its stage I) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for key, name in VARIANTS:
         r = rows[key]
+        if not r:
+            continue
         ftc = [x.get("closeness_floor_to_ceiling", {}) for x in r]
         print(f"| {name} | {cell([x['esr'] for x in r], 3)} | "
               + " | ".join(cell([x["closeness"][p] for x in r]) for p in PARTS)
               + f" | {cell([f.get('whole') for f in ftc])} | {cell([f.get('hidden') for f in ftc])}"
-              + f" | {cell([x['background_leakage'] for x in r], 3)} | {cell([x['seconds'] for x in r], 0)} s |")
+              + f" | {cell([x['background_leakage'] for x in r], 3)} | {cell([x['seconds'] for x in r], 0)} s"
+              + (f" ({cell([x['total_seconds'] for x in r if 'total_seconds' in x], 0)} s)" if key in PARENTS else "")
+              + " |")
     for key, name in (("text", "(text floor: the named attributes in words)"), ("class_word", "(the class word alone)"),
                       ("vae_ceiling", "(VAE ceiling: the edited renders through the VAE)"),
                       ("overfit_ceiling", "(overfit ceiling: the UNet fine-tuned on the source, its caption)")):

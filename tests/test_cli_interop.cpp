@@ -109,14 +109,44 @@ TEST(CliInterop, ExportedConceptsLoadBackToTheSameImages) {
   ASSERT_EQ(from_diffusers.exit_code, 0) << from_diffusers.err;
   EXPECT_TRUE(at::equal(pixels_of(dir + "/from_diffusers"), pixels_of(dir + "/reference")));
 
-  // kohya: one LoRA file with the embedding bundled (bundle_emb.<name>.string_to_param.*).
+  // diffusers before its PEFT backend: the attention-processor layout.
+  ASSERT_EQ(run_cli({"export", "--concept", dir + "/bear", "--format", "diffusers-legacy", "--out", dir + "/legacy"}).exit_code,
+            0);
+  const SafetensorsFile legacy = SafetensorsFile::open(dir + "/legacy/pytorch_lora_weights.safetensors");
+  EXPECT_EQ(legacy.entry("unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.processor.to_q_lora.down.weight").shape,
+            (std::vector<int64_t>{4, 32}));
+  EXPECT_TRUE(legacy.contains("text_encoder.text_model.encoder.layers.1.self_attn.v_proj.lora_linear_layer.up.weight"));
+  const CliResult from_legacy = run_cli(generate_args(tiny, prompt, dir + "/from_legacy",
+                                                      {"--embedding", dir + "/legacy/learned_embeds.safetensors", "--lora",
+                                                       dir + "/legacy/pytorch_lora_weights.safetensors"}));
+  ASSERT_EQ(from_legacy.exit_code, 0) << from_legacy.err;
+  EXPECT_TRUE(at::equal(pixels_of(dir + "/from_legacy"), pixels_of(dir + "/reference")));
+
+  // kohya: the LoRA alone (the file diffusers' format check accepts) and the embedding beside it.
   ASSERT_EQ(run_cli({"export", "--concept", dir + "/bear", "--format", "kohya", "--out", dir + "/kohya"}).exit_code, 0);
-  const SafetensorsFile bundled = SafetensorsFile::open(dir + "/kohya/bear.safetensors");
-  EXPECT_EQ(bundled.entry("bundle_emb.bear.string_to_param.*").shape, (std::vector<int64_t>{1, 32}));
+  const SafetensorsFile kohya = SafetensorsFile::open(dir + "/kohya/bear.safetensors");
+  for (const auto& key : kohya.keys()) EXPECT_EQ(key.rfind("bundle_emb", 0), std::string::npos) << key;
   const CliResult from_kohya =
-      run_cli(generate_args(tiny, prompt, dir + "/from_kohya", {"--lora", dir + "/kohya/bear.safetensors"}));
+      run_cli(generate_args(tiny, prompt, dir + "/from_kohya",
+                            {"--lora", dir + "/kohya/bear.safetensors", "--embedding",
+                             dir + "/kohya/embeddings/bear.safetensors"}));
   ASSERT_EQ(from_kohya.exit_code, 0) << from_kohya.err;
   EXPECT_TRUE(at::equal(pixels_of(dir + "/from_kohya"), pixels_of(dir + "/reference")));
+  // ... or bundled (bundle_emb.<name>.string_to_param.*) when asked.
+  ASSERT_EQ(run_cli({"export", "--concept", dir + "/bear", "--format", "kohya", "--bundle-embedding", "--out",
+                     dir + "/bundled"}).exit_code,
+            0);
+  const SafetensorsFile bundled = SafetensorsFile::open(dir + "/bundled/bear.safetensors");
+  EXPECT_EQ(bundled.entry("bundle_emb.bear.string_to_param.*").shape, (std::vector<int64_t>{1, 32}));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/bundled/embeddings"));
+  const CliResult from_bundled =
+      run_cli(generate_args(tiny, prompt, dir + "/from_bundled", {"--lora", dir + "/bundled/bear.safetensors"}));
+  ASSERT_EQ(from_bundled.exit_code, 0) << from_bundled.err;
+  EXPECT_TRUE(at::equal(pixels_of(dir + "/from_bundled"), pixels_of(dir + "/reference")));
+  const CliResult misplaced = run_cli({"export", "--concept", dir + "/bear", "--format", "a1111", "--bundle-embedding",
+                                       "--out", dir + "/misplaced"});
+  EXPECT_NE(misplaced.exit_code, 0);
+  EXPECT_NE(misplaced.err.find("--bundle-embedding is for --format kohya"), std::string::npos) << misplaced.err;
 
   // A stage I concept has no LoRA to export in kohya's (LoRA) layout.
   const CliResult stage1 = run_cli({"export", "--concept", dir + "/s1", "--format", "kohya", "--out", dir + "/k1"});

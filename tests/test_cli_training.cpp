@@ -309,10 +309,52 @@ TEST(CliTraining, TextualInversionAndCrossInitMakeConceptsThatGenerate) {
                                   dir + "/ft_" + method}),
                          "trained with " + method);
   }
-  // Textual inversion starts every vector from its initializer word; training moves them apart
-  // from it by the same steps, so both rows stay equal only if nothing was learned.
   const at::Tensor ti = embedding_of(dir + "/textual-inversion");
   EXPECT_FALSE(at::equal(ti, embedding_of(dir + "/cross-init")));
+
+  // DreamBooth-LoRA from the textual-inversion concept (its two vectors fixed), with prior
+  // preservation on class images the base model draws, and from a plain word.
+  const std::string db_preset = dir + "/db_preset.json";
+  std::ofstream(db_preset) << nlohmann::json{{"method", "dreambooth-lora"}, {"resolution", 32}, {"steps", 3},
+                                             {"batch", 1}, {"learning_rate", 1e-3}, {"checkpoint_every", 0}}
+                                  .dump();
+  const CliResult tidb = run_cli({"finetune", "--model", testing::golden_path("sd_tiny"), "--method", "dreambooth-lora",
+                                  "--concept", dir + "/textual-inversion", "--preset", db_preset, "--prior-images", "2",
+                                  "--train-text-encoder", "--out", dir + "/ti-db"});
+  ASSERT_EQ(tidb.exit_code, 0) << tidb.err;
+  const auto db = nlohmann::json::parse(read_file(dir + "/ti-db/concept.json"));
+  EXPECT_EQ(db["method"], "dreambooth-lora");
+  EXPECT_EQ(db["stage"], 2);
+  EXPECT_EQ(db["lora"]["modules"], 56);  // the UNet's 48 attention projections and the text encoder's 8
+  EXPECT_TRUE(db["history"][0].contains("prior"));
+  EXPECT_TRUE(at::equal(embedding_of(dir + "/ti-db"), ti));
+  EXPECT_FALSE(fs::exists(dir + "/ti-db/class_images"));
+  const CliResult with_lora = run_cli({"generate", "--model", testing::golden_path("sd_tiny"), "--concept",
+                                       dir + "/ti-db", "--prompt", "a photo of * toy", "--steps", "2", "--out",
+                                       dir + "/images_db"});
+  ASSERT_EQ(with_lora.exit_code, 0) << with_lora.err;
+  EXPECT_FALSE(at::equal(read_image_rgb(dir + "/images_db/0000.png").pixels,
+                         read_image_rgb(dir + "/images_textual-inversion/0000.png").pixels));
+  ASSERT_EQ(run_cli({"export", "--concept", dir + "/ti-db", "--format", "diffusers", "--out", dir + "/ti-db-export"})
+                .exit_code,
+            0);
+  const CliResult plain = run_cli({"finetune", "--model", testing::golden_path("sd_tiny"), "--method", "dreambooth-lora",
+                                   "--image", image_file(), "--class", "toy", "--trigger", "sks", "--preset", db_preset,
+                                   "--out", dir + "/db"});
+  ASSERT_EQ(plain.exit_code, 0) << plain.err;
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir + "/db/concept.json"))["lora"]["modules"], 48);
+  EXPECT_EQ(embedding_of(dir + "/db").sizes(), (std::vector<int64_t>{1, 32}));
+  expect_clean_failure(run_cli({"finetune", "--model", testing::golden_path("sd_tiny"), "--method", "dreambooth-lora",
+                                "--preset", db_preset, "--out", dir + "/none"}),
+                       "dreambooth-lora needs --concept (a stage I concept) or --image and --class");
+  expect_clean_failure(run_cli({"finetune", "--model", testing::golden_path("sd_tiny"), "--method", "dreambooth-lora",
+                                "--concept", dir + "/ti-db", "--out", dir + "/again"}),
+                       "already finetuned (stage 2)");
+  expect_clean_failure(run_cli({"finetune", "--model", testing::golden_path("sd_tiny"), "--concept", dir + "/ti-db",
+                                "--prior-images", "2", "--out", dir + "/wrong"}),
+                       "--prior-images is a dreambooth-lora setting");
+  EXPECT_FALSE(fs::exists(dir + "/none"));
+  EXPECT_FALSE(fs::exists(dir + "/none.partial"));
 }
 
 TEST(CliTraining, TextualInversionResumesToTheSameResult) {

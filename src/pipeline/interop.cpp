@@ -92,13 +92,16 @@ void describe_lora(const SafetensorsFile& file, std::vector<std::pair<std::strin
 ExportFormat parse_export_format(const std::string& name) {
   if (name == "a1111") return ExportFormat::kA1111;
   if (name == "diffusers") return ExportFormat::kDiffusers;
+  if (name == "diffusers-legacy") return ExportFormat::kDiffusersLegacy;
   if (name == "kohya") return ExportFormat::kKohya;
-  throw Error(fmt::format("unknown export format '{}' (a1111, diffusers or kohya)", name));
+  throw Error(fmt::format("unknown export format '{}' (a1111, diffusers, diffusers-legacy or kohya)", name));
 }
 
 std::vector<std::string> export_concept(const std::string& concept_dir, ExportFormat format, const std::string& out,
-                                        const std::string& name) {
+                                        const std::string& name, bool bundle_embedding) {
   const Concept concept = Concept::load(concept_dir);
+  if (bundle_embedding && format != ExportFormat::kKohya)
+    throw Error("--bundle-embedding is for --format kohya (the other layouts keep the embedding in its own file)");
   if (format == ExportFormat::kKohya && concept.stage != 2)
     throw Error(fmt::format("{}: a stage I concept has no LoRA, and the kohya format is a LoRA file (run finetune "
                             "first, or export --format a1111 for the embedding alone)",
@@ -111,6 +114,7 @@ std::vector<std::string> export_concept(const std::string& concept_dir, ExportFo
   fs::create_directories(staging);
   std::vector<std::string> written;
   auto write = [&](const std::string& file, const NamedTensors& tensors, const std::map<std::string, std::string>& meta) {
+    fs::create_directories((staging / file).parent_path());
     save_safetensors((staging / file).string(), tensors, meta);
     written.push_back((fs::path(out) / file).string());
   };
@@ -123,10 +127,27 @@ std::vector<std::string> export_concept(const std::string& concept_dir, ExportFo
       write("learned_embeds.safetensors", to_diffusers_embedding(name, concept.embedding), {{"format", "pt"}});
       if (concept.stage == 2) write("pytorch_lora_weights.safetensors", to_peft_layout(concept.lora), {{"format", "pt"}});
       break;
+    case ExportFormat::kDiffusersLegacy: {
+      write("learned_embeds.safetensors", to_diffusers_embedding(name, concept.embedding), {{"format", "pt"}});
+      if (concept.stage != 2) break;
+      // The processor layout has no alpha: its update is up(down(x)), so alpha / rank goes into up.
+      LoraWeightMap folded = concept.lora;
+      for (auto& [path, w] : folded)
+        if (w.alpha > 0 && w.alpha != static_cast<double>(w.down.size(0))) {
+          w.up = w.up * (w.alpha / static_cast<double>(w.down.size(0)));
+          w.alpha = static_cast<double>(w.down.size(0));
+        }
+      write("pytorch_lora_weights.safetensors", to_diffusers_processor_layout(folded), {{"format", "pt"}});
+      break;
+    }
     case ExportFormat::kKohya: {
       NamedTensors tensors = to_kohya_layout(concept.lora);
-      tensors.emplace_back(fmt::format("bundle_emb.{}.string_to_param.*", name),
-                           concept.embedding.detach().cpu().to(at::kFloat).contiguous());
+      if (bundle_embedding) {
+        tensors.emplace_back(fmt::format("bundle_emb.{}.string_to_param.*", name),
+                             concept.embedding.detach().cpu().to(at::kFloat).contiguous());
+      } else {
+        write("embeddings/" + name + ".safetensors", to_a1111_embedding(concept.embedding), {{"format", "pt"}});
+      }
       write(name + ".safetensors", tensors, lora_metadata(concept));
       break;
     }

@@ -33,7 +33,12 @@ ex SingleInsert    "$M/JarrentWu1031+SingleInsert/repo"     b5e707f047fe2761c5c6
 # added for the textual-inversion / cross-initialization goldens (tests/reference/gen_textual_inversion.py,
 # gen_cross_init.py): accelerate (the two training scripts import it) and the official Cross Initialization code
 ex accelerate      "$M/huggingface+accelerate/repo"         v0.25.0
-ex diffusers_examples "$M/huggingface+diffusers/repo"       v0.25.1 examples/textual_inversion
+# examples/dreambooth added for gen_dreambooth_lora.py (train_dreambooth_lora.py)
+ex diffusers_examples "$M/huggingface+diffusers/repo"       v0.25.1 examples/textual_inversion examples/dreambooth
+# peft: imported by train_dreambooth_lora.py (gen_dreambooth_lora.py); v0.7.0 is what diffusers v0.25.1's
+# examples/dreambooth/requirements.txt pins (peft==0.7.0). With it importable, diffusers runs its PEFT backend
+# (USE_PEFT_BACKEND: plain nn.Linear/nn.Conv2d instead of LoRACompatible*, same numbers without LoRA).
+ex peft            "$M/huggingface+peft/repo"                v0.7.0                                     # 2665f80a1738b315dce42da8f1a9c7fe793aa9ca
 # only the code files (the snapshot lacks some image/embedding blobs, so a full archive fails)
 ex CrossInitialization "$M/lyuPang+CrossInitialization/repo" 0b1e39a6740a0152ad78a07b5ef99c9967687ad1 \
    train_cross_init.py utils.py textual_inversion_dataset.py test_cross_init.py models/__init__.py models/clip_model.py \
@@ -46,9 +51,10 @@ ln -s ../src/transformers/src/transformers transformers
 ln -s ../src/huggingface_hub/src/huggingface_hub huggingface_hub
 ln -s ../src/ftfy/ftfy ftfy
 ln -s ../src/accelerate/src/accelerate accelerate
+ln -s ../src/peft/src/peft peft
 cp -r ../src/safetensors/bindings/python/py_src/safetensors safetensors
 cp "$HERE/shim/_safetensors_rust.py" safetensors/
-for nv in safetensors:0.4.1 huggingface_hub:0.20.3 transformers:4.36.0.dev0 diffusers:0.25.1 ftfy:6.1.1 accelerate:0.25.0; do
+for nv in safetensors:0.4.1 huggingface_hub:0.20.3 transformers:4.36.0.dev0 diffusers:0.25.1 ftfy:6.1.1 accelerate:0.25.0 peft:0.7.0; do
   n=${nv%%:*}; v=${nv##*:}; mkdir -p $n-$v.dist-info
   printf 'Metadata-Version: 2.1\nName: %s\nVersion: %s\n' "$n" "$v" > $n-$v.dist-info/METADATA
 done

@@ -58,17 +58,22 @@ void add_info_command(CLI::App& app) {
 void add_export_command(CLI::App& app) {
   struct Args {
     std::string concept, format, out, name;
+    bool bundle_embedding = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* command = app.add_subcommand("export", "Write a concept in AUTOMATIC1111, diffusers or kohya layout");
   command->add_option("--concept", args->concept, "A concept folder")->required();
-  command->add_option("--format", args->format, "a1111 | diffusers | kohya")->required();
+  command->add_option("--format", args->format, "a1111 | diffusers | diffusers-legacy | kohya")->required();
+  command->add_flag("--bundle-embedding", args->bundle_embedding,
+                    "kohya: put the embedding inside the LoRA file (bundle_emb.*), as kohya's trainers do; diffusers "
+                    "does not load such files");
   command->add_option("--out", args->out, "Folder to create")->required();
   command->add_option("--name", args->name,
                       "The trigger in the exported files (default: the concept folder's name; A1111 uses file names)");
   command->callback([args] {
     const std::string name = args->name.empty() ? fs::path(args->concept).lexically_normal().filename().string() : args->name;
-    for (const auto& file : export_concept(args->concept, parse_export_format(args->format), args->out, name))
+    for (const auto& file : export_concept(args->concept, parse_export_format(args->format), args->out, name,
+                                                 args->bundle_embedding))
       std::printf("%s\n", file.c_str());
   });
 }

@@ -27,6 +27,7 @@
 #include "singleinsert/pipeline/text_to_image.h"
 #include "singleinsert/training/concept.h"
 #include "singleinsert/training/cross_init.h"
+#include "singleinsert/training/dreambooth_lora.h"
 #include "singleinsert/training/image_preprocess.h"
 #include "singleinsert/training/textual_inversion.h"
 #include "singleinsert/training/trainer.h"
@@ -64,6 +65,10 @@ struct InvertArgs : TrainArgs {
 
 struct FinetuneArgs : TrainArgs {
   std::string concept;
+  // DreamBooth-LoRA.
+  std::string method = "singleinsert", image, class_word, trigger = "*";
+  int prior_images = 0;
+  bool train_text_encoder = false;
 };
 
 void add_common_flags(CLI::App* command, TrainArgs& args, int stage) {
@@ -637,13 +642,226 @@ void run_invert(InvertArgs& args) {
   train_and_write(r, 1, builder, args, checkpoint, 0.0);
 }
 
+// finetune --method dreambooth-lora: LoRA on the image under "a photo of <trigger> <class>", from a
+// stage I concept of any method (its embedding fixed) or from a plain word (--image, --class).
+void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
+                    const std::optional<std::pair<TrainingState, std::string>>& saved) {
+  const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
+  DreamBoothLoraConfig config;
+  config.apply_json(method_preset_json("dreambooth-lora"), "dreambooth-lora");
+  std::optional<TrainingState> checkpoint;
+  if (saved) {
+    const auto run = nlohmann::json::parse(saved->second);
+    config = DreamBoothLoraConfig();
+    config.apply_json(run.at("training").dump(), "checkpoint");
+    checkpoint = saved->first;
+    args.concept = run.at("parent_concept");
+    args.image = run.at("source_image");
+    args.class_word = run.at("class");
+    args.trigger = run.at("trigger");
+    spdlog::info("resuming dreambooth-lora at step {} with the interrupted run's settings", checkpoint->step);
+  } else {
+    if (args.given("--preset")) config.apply_json(method_preset_json(args.preset), args.preset);
+    if (args.given("--steps")) config.steps = args.steps;
+    if (args.given("--batch")) config.batch = args.batch;
+    if (args.given("--lr")) config.learning_rate = args.lr;
+    if (args.given("--seed")) config.seed = args.seed;
+    if (args.given("--checkpoint-every")) config.checkpoint_every = args.checkpoint_every;
+    if (args.given("--lora-rank")) config.lora_rank = args.lora_rank;
+    if (args.given("--prior-images")) config.prior_images = args.prior_images;
+    if (args.train_text_encoder) config.train_text_encoder = true;
+    for (const char* flag : {"--bg-weight", "--sm-weight", "--sm-reference"})
+      if (args.given(flag)) throw Error(fmt::format("{} is a SingleInsert setting; dreambooth-lora does not use it", flag));
+    config.validate();
+  }
+  std::optional<Concept> parent;
+  if (!args.concept.empty()) {
+    parent = Concept::load(args.concept);
+    if (parent->stage != 1)
+      throw Error(fmt::format("{}: already finetuned (stage {}); dreambooth-lora starts from a stage I concept",
+                              args.concept, parent->stage));
+    if (!args.image.empty() && !saved) throw Error("give --concept or --image, not both (a concept brings its image)");
+    args.image = parent->source_image_file();
+    args.class_word = parent->class_word;
+    args.trigger = parent->trigger;
+  }
+  if (args.image.empty() || args.class_word.empty())
+    throw Error("dreambooth-lora needs --concept (a stage I concept) or --image and --class");
+  validate_trigger(args.trigger, "--trigger");
+  const at::Tensor image = load_picture(args.image, "image");
+  auto bundle = load_model_bundle(args.model.model, execution, args.model.sources);
+  const std::string model_hash = base_model_sha256(*bundle);
+  if (parent && !parent->base_model_sha256.empty() && parent->base_model_sha256 != model_hash)
+    throw Error(fmt::format("{}: trained on another base model (its UNet sha256 {} differs from {}'s {})", args.concept,
+                            parent->base_model_sha256.substr(0, 12), args.model.model, model_hash.substr(0, 12)));
+  if (bundle->tokenizer.encode(args.class_word).empty())
+    throw Error(fmt::format("the class word '{}' tokenizes to nothing", args.class_word));
+  const int64_t factor = bundle->vae_scale_factor();
+  if (config.resolution % factor != 0)
+    throw Error(fmt::format("--resolution {} is not a multiple of the VAE factor {}", config.resolution, factor));
+
+  // Prior preservation: the base model's own images of the class, made once and kept with the run.
+  at::Tensor class_pixels;
+  if (config.prior_images > 0) {
+    const fs::path folder = fs::path(builder.staging()) / "class_images";
+    fs::create_directories(folder);
+    std::vector<at::Tensor> images;
+    for (int i = 0; i < config.prior_images; ++i) {
+      const fs::path file = folder / fmt::format("{:04}.png", i);
+      if (!fs::exists(file)) {
+        GenerateOptions options;
+        options.prompts = {"a photo of " + args.class_word};
+        options.seed = config.seed + static_cast<uint64_t>(i);
+        options.width = options.height = config.resolution;
+        const GeneratedImages generated = generate(*bundle, options);
+        write_png(file.string() + ".tmp.png", generated.pixels[0]);
+        fs::rename(file.string() + ".tmp.png", file);
+        spdlog::info("class image {}/{} for prior preservation", i + 1, config.prior_images);
+      }
+      images.push_back(to_signed_unit_tensor(read_image_rgb(file.string()).pixels));
+    }
+    class_pixels = at::cat(images);
+  }
+
+  std::vector<std::string> tokens = {args.trigger};
+  at::Tensor vectors;
+  int64_t first_id = -1;
+  if (parent) {
+    vectors = parent->embedding;
+    tokens = vector_tokens(args.trigger, static_cast<int>(vectors.size(0)));
+    first_id = bundle->tokenizer.add_token(tokens[0]);
+    for (size_t k = 1; k < tokens.size(); ++k)
+      if (bundle->tokenizer.add_token(tokens[k]) != first_id + static_cast<int64_t>(k))
+        throw Error(fmt::format("the token '{}' is already taken", tokens[k]));
+    bundle->text_encoder->resize_token_embeddings(bundle->tokenizer.vocab_size());
+  }
+  std::string subject;
+  for (const auto& token : tokens) subject += token + " ";
+  const at::Tensor instance_ids = tokenize_prompts(bundle->tokenizer, {"a photo of " + subject + args.class_word});
+  const at::Tensor class_ids = tokenize_prompts(bundle->tokenizer, {"a photo of " + args.class_word});
+  const at::Tensor square = square_image(image, CropMode::kCenter, args.image);
+  const at::Tensor pixels = to_signed_unit_tensor(pil_resize_bilinear(square, config.resolution, config.resolution));
+  // A plain word's embedding is the word's own: generate then adds the trigger unchanged.
+  const at::Tensor embedding =
+      vectors.defined() ? vectors
+                        : bundle->text_encoder->text_model->embeddings->token_embedding->weight
+                              .index_select(0, at::tensor(bundle->tokenizer.encode(args.trigger), at::kLong)
+                                                   .to(bundle->execution.device))
+                              .detach()
+                              .to(at::kFloat)
+                              .cpu();
+  if (!vectors.defined() && embedding.size(0) != 1)
+    throw Error(fmt::format("the trigger '{}' is {} tokens; without --concept it must be one word of the vocabulary",
+                            args.trigger, embedding.size(0)));
+
+  RunDescription run;
+  run.model = args.model.model;
+  run.trigger = args.trigger;
+  run.class_word = args.class_word;
+  run.source_image = fs::absolute(args.image).string();
+  run.image_sha256 = sha256_of_file(args.image);
+  run.parent_concept = args.concept.empty() ? "" : fs::absolute(args.concept).string();
+  run.training_json = config.to_json();
+  const std::string run_json = run.to_json();
+
+  DreamBoothLora method(base_model(*bundle), config, pixels, class_pixels, instance_ids, class_ids, first_id, vectors,
+                        checkpoint ? &checkpoint->lora : nullptr);
+  ProgressLine progress;
+  StepLog log(args.log_json);
+  TrainingCallbacks callbacks;
+  callbacks.progress = std::ref(progress);
+  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
+  int last_checkpoint = 0;
+  callbacks.on_checkpoint = [&](const TrainingState& state) {
+    last_checkpoint = state.step;
+    builder.save_checkpoint(state, run_json);
+  };
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<StepRecord> history;
+  try {
+    history = run_steps(method, method.step_options(), callbacks, checkpoint ? &*checkpoint : nullptr);
+  } catch (const TrainingInterrupted& interrupted) {
+    progress.finish();
+    throw Error(fmt::format("interrupted at step {}; the checkpoint is in {} (continue with --resume)", interrupted.step,
+                            builder.staging()));
+  } catch (const TrainingDiverged& diverged) {
+    progress.finish();
+    if (last_checkpoint > 0)
+      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
+                              last_checkpoint, builder.staging()));
+    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
+  }
+  progress.finish();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (!history.empty()) seconds = std::max(seconds, history.back().seconds);
+
+  const LoraWeightMap lora = method.lora_weights();
+  builder.write_embedding(args.trigger, embedding);
+  builder.write_lora(lora, config.lora_rank, config.lora_rank);
+  write_png(builder.staged("source.png"), square);
+  if (parent && fs::exists(parent->mask_file())) fs::copy_file(parent->mask_file(), builder.staged("mask.png"));
+  if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history, "dreambooth-lora loss (log scale)"));
+  fs::remove_all(fs::path(builder.staging()) / "class_images");
+  nlohmann::json final_losses = nlohmann::json::object();
+  if (!history.empty()) {
+    final_losses["loss"] = history.back().loss;
+    for (const auto& [name, value] : history.back().terms) final_losses[name] = value;
+  }
+  const double stage1_seconds =
+      parent ? nlohmann::json::parse(parent->json).at("wall_time_seconds").value("stage1", 0.0) : 0.0;
+  nlohmann::json concept = {
+      {"format_version", kConceptFormatVersion},
+      {"kind", "singleinsert-concept"},
+      {"method", "dreambooth-lora"},
+      {"trigger", args.trigger},
+      {"class", args.class_word},
+      {"stage", 2},
+      {"base_model", {{"path", run.model}, {"unet_sha256", model_hash}}},
+      {"source", {{"image_sha256", run.image_sha256}, {"image", run.source_image}}},
+      {"training", nlohmann::json::parse(config.to_json())},
+      {"embedding", {{"file", "embedding.safetensors"}, {"width", embedding.size(1)}, {"vectors", embedding.size(0)}}},
+      {"wall_time_seconds", {{"stage1", stage1_seconds}, {"stage2", seconds}}},
+      {"final_losses", {{"stage1", nullptr}, {"stage2", final_losses}}},
+      {"history", nlohmann::json::parse(history_json(history))},
+      {"lora",
+       {{"file", "lora.safetensors"},
+        {"layout", "diffusers-processor"},
+        {"rank", config.lora_rank},
+        {"alpha", config.lora_rank},
+        {"modules", lora.size()},
+        {"parent_concept", run.parent_concept}}},
+      {"device", bundle->execution.device.str()},
+      {"created_by", "singleinsert"}};
+  builder.write_json(concept.dump(2) + "\n");
+  builder.commit();
+  std::fprintf(stderr, "dreambooth-lora: %d steps in %s, final loss %.5g\n", config.steps,
+               format_duration(seconds).c_str(), history.empty() ? 0.0 : history.back().loss);
+  std::printf("%s\n", args.out.c_str());
+}
+
 void run_finetune(FinetuneArgs& args) {
   install_interrupt_handler();
+  {
+    std::optional<ConceptBuilder> builder;
+    std::optional<std::pair<TrainingState, std::string>> saved;
+    if (args.resume) {  // a resumed run continues with the method it was started with
+      builder.emplace(args.out, args.overwrite, args.resume);
+      saved = load_checkpoint_or_start_over(*builder);
+      if (saved) args.method = nlohmann::json::parse(saved->second).at("training").value("method", "singleinsert");
+    }
+    if (args.method == "dreambooth-lora") {
+      if (!builder) builder.emplace(args.out, args.overwrite, args.resume);
+      return run_dreambooth(args, *builder, saved);
+    }
+  }
+  for (const char* flag : {"--image", "--class", "--trigger", "--prior-images", "--train-text-encoder"})
+    if (args.given(flag)) throw Error(fmt::format("{} is a dreambooth-lora setting (see --method)", flag));
+  if (args.concept.empty()) throw Error("--concept is required (the stage I concept to finetune)");
   const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   const Concept parent = Concept::load(args.concept);
   if (parent.method != "singleinsert")
-    throw Error(fmt::format("{}: trained with {}; finetune continues a SingleInsert stage I concept (it starts from "
-                            "its image encoder)",
+    throw Error(fmt::format("{}: trained with {}; finetune --method singleinsert continues a SingleInsert stage I "
+                            "concept (it starts from its image encoder); --method dreambooth-lora continues any",
                             args.concept, parent.method));
   if (parent.stage != 1)
     throw Error(fmt::format("{}: already finetuned (stage {}); finetune starts from a stage I concept made by invert",
@@ -731,7 +949,19 @@ void add_finetune_command(CLI::App& app) {
   CLI::App* command =
       app.add_subcommand("finetune", "Stage II: refine a stage I concept with LoRA on the UNet and text encoder");
   add_common_flags(command, *args, 2);
-  command->add_option("--concept", args->concept, "The stage I concept folder (from invert)")->required();
+  command->add_option("--concept", args->concept, "The stage I concept folder (from invert)");
+  command->add_option("--method", args->method,
+                      "singleinsert (stage II of a SingleInsert concept) or dreambooth-lora (LoRA under \"a photo of "
+                      "* <class>\", from a stage I concept of any method or from --image and --class)")
+      ->check(CLI::IsMember({"singleinsert", "dreambooth-lora"}))
+      ->capture_default_str();
+  command->add_option("--image", args->image, "dreambooth-lora without --concept: the photo");
+  command->add_option("--class", args->class_word, "dreambooth-lora without --concept: the class word");
+  command->add_option("--trigger", args->trigger, "dreambooth-lora without --concept: the word for the subject")
+      ->capture_default_str();
+  command->add_option("--prior-images", args->prior_images,
+                      "dreambooth-lora: class images the base model draws first, for prior preservation (0: none)");
+  command->add_flag("--train-text-encoder", args->train_text_encoder, "dreambooth-lora: LoRA on the text encoder too");
   command->add_option("--sm-weight", args->sm_weight, "Weight eta of the semantic loss");
   command->add_option("--lora-rank", args->lora_rank, "LoRA rank (preset: 4)");
   command->add_option("--sm-reference", args->sm_reference,
