@@ -67,6 +67,25 @@ at::Tensor embedding_of(const std::string& concept) {
   return file.tensor(file.keys().front());
 }
 
+// Runs a training command until its --log-json has two steps, then sends Ctrl-C.
+CliResult interrupted_after_two_steps(const std::vector<std::string>& args, const std::string& log) {
+  const auto process = testing::spawn_cli(with(args, {"--log-json", log}));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline && count_lines(log) < 2)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  kill(process.pid, SIGINT);
+  return testing::wait_cli(process);
+}
+
+// The same embedding and the same loss at every step.
+void expect_same_concepts(const std::string& a_dir, const std::string& b_dir) {
+  EXPECT_TRUE(at::equal(embedding_of(a_dir), embedding_of(b_dir)));
+  const auto a = nlohmann::json::parse(read_file(a_dir + "/concept.json"))["history"];
+  const auto b = nlohmann::json::parse(read_file(b_dir + "/concept.json"))["history"];
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << i + 1;
+}
+
 TEST(CliTraining, InvertFinetuneAndGenerateWithConcepts) {
   const std::string dir = fresh_temp_dir("chain");
   const std::string preset = tiny_preset(dir);
@@ -133,13 +152,7 @@ TEST(CliTraining, InterruptedRunsResumeToTheSameResult) {
   const CliResult reference = run_cli(invert_args(preset, dir + "/reference"));
   ASSERT_EQ(reference.exit_code, 0) << reference.err;
 
-  const std::string log = dir + "/log.jsonl";
-  const auto process = testing::spawn_cli(with(invert_args(preset, dir + "/interrupted"), {"--log-json", log}));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (std::chrono::steady_clock::now() < deadline && count_lines(log) < 2)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  kill(process.pid, SIGINT);
-  const CliResult stopped = testing::wait_cli(process);
+  const CliResult stopped = interrupted_after_two_steps(invert_args(preset, dir + "/interrupted"), dir + "/log.jsonl");
   expect_clean_failure(stopped, "interrupted at stage I step");
   EXPECT_NE(stopped.err.find("--resume"), std::string::npos);
   EXPECT_TRUE(fs::exists(dir + "/interrupted.partial/checkpoint/state.json"));
@@ -150,11 +163,7 @@ TEST(CliTraining, InterruptedRunsResumeToTheSameResult) {
   const CliResult resumed = run_cli({"invert", "--model", testing::golden_path("sd_tiny"), "--out", dir + "/interrupted",
                                      "--resume", "--image", image_file(), "--mask", mask_file(), "--class", "ignored"});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
-  EXPECT_TRUE(at::equal(embedding_of(dir + "/interrupted"), embedding_of(dir + "/reference")));
-  const auto a = nlohmann::json::parse(read_file(dir + "/interrupted/concept.json"))["history"];
-  const auto b = nlohmann::json::parse(read_file(dir + "/reference/concept.json"))["history"];
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << i + 1;
+  expect_same_concepts(dir + "/interrupted", dir + "/reference");
 }
 
 TEST(CliTraining, DivergenceStopsAndKeepsTheLastGoodCheckpoint) {
@@ -362,27 +371,19 @@ TEST(CliTraining, TextualInversionResumesToTheSameResult) {
   const std::string preset = method_preset(dir, "textual-inversion", 12, /*checkpoint_every=*/0);
   const CliResult reference = run_cli(method_args("textual-inversion", preset, dir + "/reference"));
   ASSERT_EQ(reference.exit_code, 0) << reference.err;
-  const std::string log = dir + "/log.jsonl";
-  const auto process =
-      testing::spawn_cli(with(method_args("textual-inversion", preset, dir + "/interrupted"), {"--log-json", log}));
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (std::chrono::steady_clock::now() < deadline && count_lines(log) < 2)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  kill(process.pid, SIGINT);
-  expect_clean_failure(testing::wait_cli(process), "interrupted at step");
+  expect_clean_failure(
+      interrupted_after_two_steps(method_args("textual-inversion", preset, dir + "/interrupted"), dir + "/log.jsonl"),
+      "interrupted at step");
   const CliResult resumed =
       run_cli({"invert", "--model", testing::golden_path("sd_tiny"), "--out", dir + "/interrupted", "--resume"});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
-  EXPECT_TRUE(at::equal(embedding_of(dir + "/interrupted"), embedding_of(dir + "/reference")));
-  const auto a = nlohmann::json::parse(read_file(dir + "/interrupted/concept.json"))["history"];
-  const auto b = nlohmann::json::parse(read_file(dir + "/reference/concept.json"))["history"];
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i]["loss"], b[i]["loss"]) << "step " << i + 1;
+  expect_same_concepts(dir + "/interrupted", dir + "/reference");
 }
 
 TEST(CliTraining, MethodBadInputsFailCleanly) {
   const std::string dir = fresh_temp_dir("methods_bad");
   const std::string ti = method_preset(dir, "textual-inversion", 1), ci = method_preset(dir, "cross-init", 1);
+  std::ofstream(dir + "/db.json") << R"({"method": "dreambooth-lora", "steps": 1})";
   expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--num-vectors", "0"})),
                        "--num-vectors must be between 1 and 75");
   expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--init-word", "teddy bear"})),
@@ -398,6 +399,23 @@ TEST(CliTraining, MethodBadInputsFailCleanly) {
                        "no name in --init-names tokenizes to a known word");
   expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--bg-weight", "2"})),
                        "--bg-weight is a SingleInsert setting");
+  expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--num-vectors", "70"})),
+                       "would be cut (CLIP reads 75 tokens)");
+  expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--fast"})),
+                       "--fast is cross-init's fast version");
+  expect_clean_failure(run_cli(with(method_args("textual-inversion", dir + "/db.json", dir + "/c"), {})),
+                       "a dreambooth-lora preset, not textual-inversion or cross-init");
+  // A v-prediction model: these methods train the noise prediction, so it is refused.
+  const fs::path v_model = fresh_temp_dir("v_model");
+  fs::copy(testing::golden_path("sd_tiny"), v_model, fs::copy_options::recursive);
+  fs::permissions(v_model / "scheduler", fs::perms::owner_all);
+  auto scheduler = nlohmann::json::parse(read_file((v_model / "scheduler/scheduler_config.json").string()));
+  scheduler["prediction_type"] = "v_prediction";
+  fs::permissions(v_model / "scheduler/scheduler_config.json", fs::perms::owner_all);
+  write_file_atomic((v_model / "scheduler/scheduler_config.json").string(), scheduler.dump());
+  std::vector<std::string> on_v = method_args("textual-inversion", ti, dir + "/c");
+  on_v[2] = v_model.string();
+  expect_clean_failure(run_cli(on_v), "textual-inversion trains epsilon-prediction models");
   expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--trigger", "two words"})),
                        "--trigger");
   EXPECT_FALSE(fs::exists(dir + "/c"));

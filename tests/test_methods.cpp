@@ -39,6 +39,13 @@ std::string methods_data(const std::string& name) {
   return std::string(SINGLEINSERT_SOURCE_DIR) + "/tests/data/methods/" + name;
 }
 
+// The reference's latents: the VAE posterior of `pixels` sampled with its recorded draw, scaled.
+at::Tensor sampled_latents(ModelBundle& bundle, const at::Tensor& pixels, const at::Tensor& vae_noise) {
+  at::NoGradGuard no_grad;
+  const VaePosterior posterior = bundle.vae->encode(pixels);
+  return (posterior.mean + posterior.std * vae_noise) * static_cast<float>(bundle.vae->config().scaling_factor);
+}
+
 struct Golden {
   SafetensorsFile tensors;
   nlohmann::json info;
@@ -69,15 +76,10 @@ struct Golden {
     adam.weight_decay = info.at("argparse_defaults").at("adam_weight_decay").get<double>();
     AdamW optimizer({vectors}, adam);
     const NoiseSchedule schedule(NoiseScheduleConfig::from_json(bundle->scheduler_config));
-    const float scaling = static_cast<float>(bundle->vae->config().scaling_factor);
     for (int64_t s = 0; s < steps; ++s) {
       // The prompts the reference's dataset drew are the templates with the placeholder tokens.
       const at::Tensor ids = tensors.tensor("input_ids")[s];
-      const VaePosterior posterior = [&] {
-        at::NoGradGuard no_grad;
-        return bundle->vae->encode(tensors.tensor("pixel_values")[s]);
-      }();
-      const at::Tensor z0 = (posterior.mean + posterior.std * tensors.tensor("vae_noise")[s]) * scaling;
+      const at::Tensor z0 = sampled_latents(*bundle, tensors.tensor("pixel_values")[s], tensors.tensor("vae_noise")[s]);
       const at::Tensor states = encode_with_vectors(*bundle->text_encoder, ids, first_id, vectors);
       const at::Tensor noise_loss = noise_prediction_loss(*bundle->unet, schedule, z0, tensors.tensor("noise")[s],
                                                           tensors.tensor("timesteps")[s], states);
@@ -210,7 +212,6 @@ void expect_dreambooth_steps(const std::string& prefix, double max_grad_norm) {
   const auto bundle = load_model_bundle(testing::golden_path("sd_tiny"));
   const auto targets = dreambooth_lora_targets(*bundle->unet, bundle->text_encoder.get());
   const NoiseSchedule schedule(NoiseScheduleConfig::from_json(bundle->scheduler_config));
-  const float scaling = static_cast<float>(bundle->vae->config().scaling_factor);
 
   // The optimizer's copy of every weight, updated from the reference's gradients.
   const LoraWeightMap init = golden_lora(golden, "lora_init.", 4.0);
@@ -233,11 +234,7 @@ void expect_dreambooth_steps(const std::string& prefix, double max_grad_norm) {
                                              {bundle->unet.ptr(), bundle->text_encoder.ptr()}, "golden");
     EXPECT_EQ(network->size(), 56u);  // 48 UNet projections, 8 text-encoder ones
     for (auto& p : network->parameters()) p.set_requires_grad(true);
-    const VaePosterior posterior = [&] {
-      at::NoGradGuard no_grad;
-      return bundle->vae->encode(golden.tensor("pixel_values")[s]);
-    }();
-    const at::Tensor z0 = (posterior.mean + posterior.std * golden.tensor("vae_noise")[s]) * scaling;
+    const at::Tensor z0 = sampled_latents(*bundle, golden.tensor("pixel_values")[s], golden.tensor("vae_noise")[s]);
     const at::Tensor states = bundle->text_encoder->forward(golden.tensor("input_ids")[s]).last_hidden_state;
     const DreamBoothLosses losses = dreambooth_loss(*bundle->unet, schedule, z0, golden.tensor("noise")[s],
                                                     golden.tensor("timesteps")[s], states, 1, 1.0);
@@ -284,13 +281,8 @@ TEST(DreamBoothLora, FreeRunningStepsStayWithinAPercentOfTheLearningRate) {
   adam.lr = golden.tensor("lr")[0].item<double>();
   AdamW optimizer(parameters, adam);
   const NoiseSchedule schedule(NoiseScheduleConfig::from_json(bundle->scheduler_config));
-  const float scaling = static_cast<float>(bundle->vae->config().scaling_factor);
   for (int64_t s = 0; s < 3; ++s) {
-    const VaePosterior posterior = [&] {
-      at::NoGradGuard no_grad;
-      return bundle->vae->encode(golden.tensor("pixel_values")[s]);
-    }();
-    const at::Tensor z0 = (posterior.mean + posterior.std * golden.tensor("vae_noise")[s]) * scaling;
+    const at::Tensor z0 = sampled_latents(*bundle, golden.tensor("pixel_values")[s], golden.tensor("vae_noise")[s]);
     const at::Tensor states = bundle->text_encoder->forward(golden.tensor("input_ids")[s]).last_hidden_state;
     dreambooth_loss(*bundle->unet, schedule, z0, golden.tensor("noise")[s], golden.tensor("timesteps")[s], states, 1, 1.0)
         .total.backward();

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
+
 #include <cmath>
 #include <limits>
 #include <nlohmann/json.hpp>
@@ -102,6 +104,20 @@ int JsonConfig::get_int(const std::string& key, int fallback) const {
   const auto& value = json_->at(key);
   if (const auto v = json_as_int(value)) return *v;
   wrong_type(origin_, key, value, "an integer (within +-2147483647)");
+}
+
+void JsonConfig::require_known_keys(const std::vector<std::string>& known) const {
+  for (const auto& [key, value] : json_->items())
+    if (std::find(known.begin(), known.end(), key) == known.end())
+      throw Error(fmt::format("{}: unknown setting '{}'", origin_, key));
+}
+
+uint64_t JsonConfig::get_uint64(const std::string& key, uint64_t fallback) const {
+  if (!has(key)) return fallback;
+  const auto& value = json_->at(key);
+  if (value.is_number_unsigned()) return value.get<uint64_t>();
+  if (value.is_number_integer() && value.get<int64_t>() >= 0) return static_cast<uint64_t>(value.get<int64_t>());
+  wrong_type(origin_, key, value, "a whole number >= 0");
 }
 
 double JsonConfig::get_double(const std::string& key, double fallback) const {

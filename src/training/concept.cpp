@@ -192,8 +192,10 @@ std::optional<std::pair<TrainingState, std::string>> ConceptBuilder::load_checkp
     throw Error(fmt::format("{}: the interrupted run's checkpoint is damaged ({}); start over with --overwrite",
                             state_file, e.what()));
   }
-  for (const auto& [key, tensor] : tensors_of((dir / "trainable.safetensors").string()))
-    state.trainable.emplace_back(key, tensor);
+  // Checkpoints written before the shared step loop named SingleInsert's encoder encoder.safetensors.
+  const fs::path trainable = fs::exists(dir / "trainable.safetensors") ? dir / "trainable.safetensors"
+                                                                        : dir / "encoder.safetensors";
+  for (const auto& [key, tensor] : tensors_of(trainable.string())) state.trainable.emplace_back(key, tensor);
   for (const auto& [key, tensor] : tensors_of((dir / "optimizer.safetensors").string())) state.optimizer.emplace_back(key, tensor);
   if (fs::exists(dir / "lora.safetensors"))
     state.lora = from_diffusers_processor_layout(tensors_of((dir / "lora.safetensors").string()), "checkpoint");

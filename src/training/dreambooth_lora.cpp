@@ -17,15 +17,11 @@ namespace singleinsert {
 
 void DreamBoothLoraConfig::apply_json(const std::string& text, const std::string& origin) {
   const JsonConfig json = JsonConfig::parse(text, origin);
-  static const char* known[] = {"description", "method",       "resolution",    "steps",         "batch",
-                                "learning_rate", "lora_rank",  "train_text_encoder", "prior_images", "prior_loss_weight",
-                                "beta1",       "beta2",        "adam_eps",      "weight_decay",  "max_grad_norm",
-                                "seed",        "checkpoint_every"};
-  for (const auto& [key, value] : json.json().items())
-    if (std::find(std::begin(known), std::end(known), key) == std::end(known))
-      throw Error(fmt::format("{}: unknown setting '{}'", origin, key));
-  if (json.get_string("method", "dreambooth-lora") != "dreambooth-lora")
-    throw Error(fmt::format("{}: a {} preset, not dreambooth-lora", origin, json.get_string("method", "")));
+  const std::string method = json.get_string("method", "dreambooth-lora");
+  if (method != "dreambooth-lora") throw Error(fmt::format("{}: a {} preset, not dreambooth-lora", origin, method));
+  json.require_known_keys({"description", "method", "resolution", "steps", "batch", "learning_rate", "lora_rank",
+                           "train_text_encoder", "prior_images", "prior_loss_weight", "beta1", "beta2", "adam_eps",
+                           "weight_decay", "max_grad_norm", "seed", "checkpoint_every"});
   resolution = json.get_int("resolution", resolution);
   steps = json.get_int("steps", steps);
   batch = json.get_int("batch", batch);
@@ -39,12 +35,7 @@ void DreamBoothLoraConfig::apply_json(const std::string& text, const std::string
   adam_eps = json.get_double("adam_eps", adam_eps);
   weight_decay = json.get_double("weight_decay", weight_decay);
   max_grad_norm = json.get_double("max_grad_norm", max_grad_norm);
-  if (json.has("seed")) {
-    const double value = json.get_double("seed", 0);
-    if (!(value >= 0 && value < 1.8e19) || value != std::floor(value))
-      throw Error(fmt::format("{}: 'seed' must be a whole number >= 0", origin));
-    seed = json.json().at("seed").get<uint64_t>();
-  }
+  seed = json.get_uint64("seed", seed);
   checkpoint_every = json.get_int("checkpoint_every", checkpoint_every);
 }
 
@@ -137,9 +128,15 @@ DreamBoothLora::DreamBoothLora(BaseModel base, const DreamBoothLoraConfig& confi
   instance_mean_ = instance_posterior.mean.to(at::kFloat);
   instance_std_ = instance_posterior.std.to(at::kFloat);
   if (class_images.defined() && class_images.size(0) > 0) {
-    const VaePosterior class_posterior = base_.vae->encode(class_images.to(device, vae_dtype));
-    class_mean_ = class_posterior.mean.to(at::kFloat);
-    class_std_ = class_posterior.std.to(at::kFloat);
+    // One at a time: a hundred class images at 512 px would not fit the encoder at once.
+    std::vector<at::Tensor> means, stds;
+    for (int64_t i = 0; i < class_images.size(0); ++i) {
+      const VaePosterior posterior = base_.vae->encode(class_images.narrow(0, i, 1).to(device, vae_dtype));
+      means.push_back(posterior.mean.to(at::kFloat));
+      stds.push_back(posterior.std.to(at::kFloat));
+    }
+    class_mean_ = at::cat(means);
+    class_std_ = at::cat(stds);
   }
 }
 
@@ -149,7 +146,8 @@ LossTerms DreamBoothLora::loss(int step, at::Generator& generator) {
   const auto device = base_.device;
   const int64_t batch = config_.batch;
   const bool prior = class_mean_.defined();
-  // The class images in turn, as the reference's dataset pairs them with the instance rows.
+  // The class images in turn (the reference's sampler shuffles them each epoch; every image is
+  // used as often either way).
   at::Tensor mean = instance_mean_.expand({batch, -1, -1, -1}), std = instance_std_.expand({batch, -1, -1, -1});
   at::Tensor ids = instance_ids_.expand({batch, -1});
   if (prior) {
@@ -175,6 +173,11 @@ LossTerms DreamBoothLora::loss(int step, at::Generator& generator) {
       dreambooth_loss(*base_.unet, schedule_, z0, noise, timesteps, states, batch, config_.prior_loss_weight);
   if (!prior) return {losses.total, {{"instance", losses.instance}}};
   return {losses.total, {{"instance", losses.instance}, {"prior", losses.prior}}};
+}
+
+void DreamBoothLora::save_state(TrainingState& state) const {
+  state.lora = lora_->weights();
+  if (vectors_.defined()) state.trainable = {{"vectors", vectors_.cpu().clone()}};
 }
 
 void DreamBoothLora::load_state(const TrainingState& state) {

@@ -20,13 +20,12 @@ namespace singleinsert {
 
 void EmbeddingInversionConfig::apply_json(const std::string& text, const std::string& origin) {
   const JsonConfig json = JsonConfig::parse(text, origin);
-  static const char* known[] = {"description", "method",        "resolution",   "steps",      "batch",
-                                "learning_rate", "scale_lr",    "num_vectors",  "flip_p",     "templates",
-                                "subject",     "reg_weight",  "beta1",         "beta2",        "adam_eps",   "weight_decay",
-                                "max_grad_norm", "seed",        "checkpoint_every"};
-  for (const auto& [key, value] : json.json().items())
-    if (std::find(std::begin(known), std::end(known), key) == std::end(known))
-      throw Error(fmt::format("{}: unknown setting '{}'", origin, key));
+  const std::string preset_method = json.get_string("method", method);
+  if (preset_method != "textual-inversion" && preset_method != "cross-init")
+    throw Error(fmt::format("{}: a {} preset, not textual-inversion or cross-init", origin, preset_method));
+  json.require_known_keys({"description", "method", "resolution", "steps", "batch", "learning_rate", "scale_lr",
+                           "num_vectors", "flip_p", "templates", "subject", "reg_weight", "beta1", "beta2", "adam_eps",
+                           "weight_decay", "max_grad_norm", "seed", "checkpoint_every"});
   method = json.get_string("method", method);
   resolution = json.get_int("resolution", resolution);
   steps = json.get_int("steps", steps);
@@ -43,12 +42,7 @@ void EmbeddingInversionConfig::apply_json(const std::string& text, const std::st
   adam_eps = json.get_double("adam_eps", adam_eps);
   weight_decay = json.get_double("weight_decay", weight_decay);
   max_grad_norm = json.get_double("max_grad_norm", max_grad_norm);
-  if (json.has("seed")) {
-    const double value = json.get_double("seed", 0);
-    if (!(value >= 0 && value < 1.8e19) || value != std::floor(value))
-      throw Error(fmt::format("{}: 'seed' must be a whole number >= 0", origin));
-    seed = json.json().at("seed").get<uint64_t>();
-  }
+  seed = json.get_uint64("seed", seed);
   checkpoint_every = json.get_int("checkpoint_every", checkpoint_every);
 }
 

@@ -56,7 +56,10 @@ void TrainingConfig::apply_json(const std::string& text, const std::string& orig
     throw Error(fmt::format("{}: invalid JSON ({})", origin, e.what()));
   }
   if (!json.is_object()) throw Error(fmt::format("{}: expected a JSON object", origin));
-  static const char* known[] = {"description", "resolution", "stage1", "stage2", "bg_weight", "sm_weight",
+  if (json.contains("method") && json["method"] != "singleinsert")
+    throw Error(fmt::format("{}: a {} preset (give it with --method {})", origin, json["method"].dump(),
+                            json["method"].is_string() ? json["method"].get<std::string>() : "..."));
+  static const char* known[] = {"description", "method", "resolution", "stage1", "stage2", "bg_weight", "sm_weight",
                                 "sm_reference", "lora_rank", "lora_alpha", "beta1", "beta2", "adam_eps",
                                 "weight_decay", "max_grad_norm", "seed", "checkpoint_every", "encoder",
                                 "encoder_normalization"};
@@ -124,11 +127,14 @@ void TrainingConfig::validate() const {
 }
 
 std::string preset_json(const std::string& name_or_path) {
+  // configs/methods/ holds the other methods' presets ("methods/NAME"), not SingleInsert's.
+  auto singleinsert_preset = [](const std::string& name) { return name.rfind("methods/", 0) != 0; };
   for (const auto& [name, text] : compiled_presets())
-    if (name == name_or_path) return text;
+    if (name == name_or_path && singleinsert_preset(name)) return text;
   if (std::filesystem::exists(name_or_path)) return read_file(name_or_path);
   std::string names;
-  for (const auto& [name, text] : compiled_presets()) names += (names.empty() ? "" : ", ") + name;
+  for (const auto& [name, text] : compiled_presets())
+    if (singleinsert_preset(name)) names += (names.empty() ? "" : ", ") + name;
   throw Error(fmt::format("unknown preset '{}' (built in: {}; or give a JSON file)", name_or_path, names));
 }
 

@@ -353,6 +353,59 @@ std::optional<std::pair<TrainingState, std::string>> load_checkpoint_or_start_ov
   return saved;
 }
 
+// Runs a method's steps with the progress line, --log-json, checkpoints into the concept's staging
+// folder, and one clear message when interrupted or diverged. Returns the history and the seconds
+// spent (a resumed run counts its earlier part).
+std::pair<std::vector<StepRecord>, double> run_method(TrainingMethod& method, const StepLoopOptions& options,
+                                                      const TrainingState* resume, ConceptBuilder& builder,
+                                                      const std::string& run_json, const std::string& log_json) {
+  ProgressLine progress;
+  StepLog log(log_json);
+  TrainingCallbacks callbacks;
+  callbacks.progress = std::ref(progress);
+  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
+  int last_checkpoint = 0;
+  callbacks.on_checkpoint = [&](const TrainingState& state) {
+    last_checkpoint = state.step;
+    builder.save_checkpoint(state, run_json);
+  };
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<StepRecord> history;
+  try {
+    history = run_steps(method, options, callbacks, resume);
+  } catch (const TrainingInterrupted& interrupted) {
+    progress.finish();
+    throw Error(fmt::format("interrupted at step {}; the checkpoint is in {} (continue with --resume)", interrupted.step,
+                            builder.staging()));
+  } catch (const TrainingDiverged& diverged) {
+    progress.finish();
+    if (last_checkpoint > 0)
+      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
+                              last_checkpoint, builder.staging()));
+    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
+  }
+  progress.finish();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (!history.empty()) seconds = std::max(seconds, history.back().seconds);
+  return {std::move(history), seconds};
+}
+
+// The last step's loss and terms, for concept.json's final_losses.
+nlohmann::json last_losses(const std::vector<StepRecord>& history) {
+  nlohmann::json losses = nlohmann::json::object();
+  if (history.empty()) return losses;
+  losses["loss"] = history.back().loss;
+  for (const auto& [name, value] : history.back().terms) losses[name] = value;
+  return losses;
+}
+
+// The methods here train the noise prediction; a model that predicts v would learn the wrong target.
+void require_epsilon_prediction(const ModelBundle& bundle, const std::string& method) {
+  const std::string prediction = bundle.scheduler_config.get_string("prediction_type", "epsilon");
+  if (prediction != "epsilon")
+    throw Error(fmt::format("{} trains epsilon-prediction models; this model's scheduler predicts {}", method, prediction));
+}
+
 // The image as trained on: square, centre-cropped when allowed (a note says so).
 at::Tensor square_image(const at::Tensor& pixels, CropMode crop, const std::string& path) {
   const int64_t height = pixels.size(0), width = pixels.size(1);
@@ -421,8 +474,9 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
     if (args.given("--resolution")) config.resolution = args.resolution;
     if (args.given("--num-vectors")) config.num_vectors = args.num_vectors;
     if (args.given("--reg-weight")) config.reg_weight = args.reg_weight;
-    for (const char* flag : {"--bg-weight", "--encoder-weights"})
+    for (const char* flag : {"--bg-weight", "--encoder-weights", "--preview"})
       if (args.given(flag)) throw Error(fmt::format("{} is a SingleInsert setting; {} does not use it", flag, args.method));
+    if (args.fast && args.method != "cross-init") throw Error("--fast is cross-init's fast version");
     config.validate();
     if (args.method == "textual-inversion") {
       if (!args.init_names.empty() || !args.init_words.empty())
@@ -440,6 +494,9 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
   // The mask is not trained on; kept with the concept when given, for evaluation.
   const at::Tensor image = load_picture(args.image, "image");
   const at::Tensor mask = args.mask.empty() ? at::Tensor() : load_picture(args.mask, "mask");
+  if (mask.defined() && !mask.sizes().slice(0, 2).equals(image.sizes().slice(0, 2)))
+    throw Error(fmt::format("the mask is {}x{} but the image is {}x{}", mask.size(1), mask.size(0), image.size(1),
+                            image.size(0)));
   RunDescription run;
   run.image_sha256 = sha256_of_file(args.image);
   run.mask_sha256 = args.mask.empty() ? "" : sha256_of_file(args.mask);
@@ -449,6 +506,25 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
       throw Error("the image or mask changed since the interrupted run (their sha256 differ); start over with --overwrite");
   }
   auto bundle = load_model_bundle(args.model.model, execution, args.model.sources);
+  require_epsilon_prediction(*bundle, config.method);
+  auto& text_encoder = *bundle->text_encoder;
+  // The start, from the model's own words (before the trigger's tokens exist).
+  at::Tensor start;
+  if (config.method == "textual-inversion") {
+    const std::string word = init.at("word");
+    const std::vector<int64_t> ids = bundle->tokenizer.encode(word);
+    if (ids.size() != 1)
+      throw Error(fmt::format("the initializer word '{}' is {} tokens; textual inversion starts from one (choose "
+                              "another with --init-word)",
+                              word, ids.size()));
+    const at::Tensor row = text_encoder.text_model->embeddings->token_embedding->weight[ids[0]];
+    start = row.detach().to(at::kFloat).cpu().unsqueeze(0).repeat({config.num_vectors, 1});
+  } else if (init.contains("words")) {
+    start = cross_init_from_words(text_encoder, bundle->tokenizer, init.at("words"), config.num_vectors);
+  } else {
+    start = cross_init_from_names(text_encoder, bundle->tokenizer, init.at("names").get<std::vector<std::string>>(),
+                                  config.num_vectors, "--init-names");
+  }
   const std::vector<std::string> tokens = vector_tokens(args.trigger, config.num_vectors);
   for (const auto& token : tokens)
     if (bundle->tokenizer.is_vocabulary_token(token) || bundle->tokenizer.is_vocabulary_token(token + "</w>"))
@@ -459,33 +535,29 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
   for (int k = 1; k < config.num_vectors; ++k)
     if (bundle->tokenizer.add_token(tokens[k]) != first_id + k)
       throw Error(fmt::format("the token '{}' is already taken", tokens[k]));
-  auto& text_encoder = *bundle->text_encoder;
   text_encoder.resize_token_embeddings(bundle->tokenizer.vocab_size());
-  at::Tensor start;
-  if (config.method == "textual-inversion") {
-    const std::string word = init.at("word");
-    const std::vector<int64_t> ids = bundle->tokenizer.encode(word);
-    if (ids.size() != 1)
-      throw Error(fmt::format("the initializer word '{}' is {} tokens; textual inversion starts from one (choose "
-                              "another with --init-word)",
-                              word, ids.size()));
-    const at::Tensor row = text_encoder.text_model->embeddings->token_embedding->weight[ids[0]];
-    start = row.detach().to(at::kFloat).unsqueeze(0).repeat({config.num_vectors, 1});
-  } else if (init.contains("words")) {
-    start = cross_init_from_words(text_encoder, bundle->tokenizer, init.at("words"), config.num_vectors);
-  } else {
-    start = cross_init_from_names(text_encoder, bundle->tokenizer, init.at("names").get<std::vector<std::string>>(),
-                                  config.num_vectors, "--init-names");
-  }
   const int64_t factor = bundle->vae_scale_factor();
   if (config.resolution % factor != 0)
     throw Error(fmt::format("--resolution {} is not a multiple of the VAE factor {}", config.resolution, factor));
-  const at::Tensor square = square_image(image, args.crop == "none" ? CropMode::kNone : CropMode::kCenter, args.image);
+  // As the references' datasets (center_crop off): the whole image resized to a square; --crop
+  // center crops it first.
+  const std::string crop = saved ? nlohmann::json::parse(saved->second).value("crop", "stretch")
+                                 : (args.given("--crop") ? args.crop : "stretch");
+  auto to_square = [&](const at::Tensor& picture, const std::string& path) {
+    return crop == "stretch" ? picture : square_image(picture, crop == "none" ? CropMode::kNone : CropMode::kCenter, path);
+  };
+  const at::Tensor square = to_square(image, args.image);
   const at::Tensor pixels =
       to_signed_unit_tensor(pil_resize(square, config.resolution, config.resolution, PilFilter::kBicubic));
   std::string placeholder = tokens[0];
   for (int k = 1; k < config.num_vectors; ++k) placeholder += " " + tokens[k];
-  const at::Tensor template_ids = tokenize_prompts(bundle->tokenizer, inversion_prompts(config, placeholder));
+  const std::vector<std::string> prompts = inversion_prompts(config, placeholder);
+  for (const auto& prompt : prompts)
+    if (!bundle->tokenizer.tokenize(prompt).truncated_text.empty())
+      throw Error(fmt::format("--num-vectors {}: the prompt \"{}\" would be cut (CLIP reads {} tokens); use fewer "
+                              "vectors",
+                              config.num_vectors, prompt, bundle->tokenizer.max_length() - 2));
+  const at::Tensor template_ids = tokenize_prompts(bundle->tokenizer, prompts);
 
   run.model = args.model.model;
   run.trigger = args.trigger;
@@ -495,50 +567,21 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
   run.training_json = config.to_json();
   nlohmann::json run_json = nlohmann::json::parse(run.to_json());
   run_json["init"] = init;
+  run_json["crop"] = crop;
 
   EmbeddingInversion method(base_model(*bundle), config, pixels, template_ids, first_id, start);
-  ProgressLine progress;
-  StepLog log(args.log_json);
-  TrainingCallbacks callbacks;
-  callbacks.progress = std::ref(progress);
-  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
-  int last_checkpoint = 0;
-  callbacks.on_checkpoint = [&](const TrainingState& state) {
-    last_checkpoint = state.step;
-    builder.save_checkpoint(state, run_json.dump());
-  };
-  const auto started = std::chrono::steady_clock::now();
-  std::vector<StepRecord> history;
-  try {
-    history = run_steps(method, method.step_options(), callbacks, checkpoint ? &*checkpoint : nullptr);
-  } catch (const TrainingInterrupted& interrupted) {
-    progress.finish();
-    throw Error(fmt::format("interrupted at step {}; the checkpoint is in {} (continue with --resume)", interrupted.step,
-                            builder.staging()));
-  } catch (const TrainingDiverged& diverged) {
-    progress.finish();
-    if (last_checkpoint > 0)
-      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
-                              last_checkpoint, builder.staging()));
-    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
-  }
-  progress.finish();
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  if (!history.empty()) seconds = std::max(seconds, history.back().seconds);
+  const auto [history, seconds] =
+      run_method(method, method.step_options(), checkpoint ? &*checkpoint : nullptr, builder, run_json.dump(),
+                 args.log_json);
 
   const at::Tensor embedding = method.embedding();
   builder.write_embedding(args.trigger, embedding);
-  write_png(builder.staged("source.png"), square);
+  write_png(builder.staged("source.png"), pil_resize(square, config.resolution, config.resolution, PilFilter::kBicubic));
   if (mask.defined()) {
-    const at::Tensor mask_square = square_image(mask, CropMode::kCenter, args.mask);
-    write_png(builder.staged("mask.png"), mask_square.size(2) == 3 ? mask_square : mask_square.narrow(2, 0, 1).contiguous());
+    const at::Tensor resized = pil_resize(to_square(mask, args.mask), config.resolution, config.resolution, PilFilter::kBilinear);
+    write_png(builder.staged("mask.png"), resized.size(2) == 3 ? resized : resized.narrow(2, 0, 1).contiguous());
   }
   if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history, config.method + " loss (log scale)"));
-  nlohmann::json final_losses = nlohmann::json::object();
-  if (!history.empty()) {
-    final_losses["loss"] = history.back().loss;
-    for (const auto& [name, value] : history.back().terms) final_losses[name] = value;
-  }
   nlohmann::json concept = {
       {"format_version", kConceptFormatVersion},
       {"kind", "singleinsert-concept"},
@@ -556,7 +599,7 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
       {"init", init},
       {"embedding", {{"file", "embedding.safetensors"}, {"width", embedding.size(1)}, {"vectors", embedding.size(0)}}},
       {"wall_time_seconds", {{"stage1", seconds}, {"stage2", 0.0}}},
-      {"final_losses", {{"stage1", final_losses}, {"stage2", nullptr}}},
+      {"final_losses", {{"stage1", last_losses(history)}, {"stage2", nullptr}}},
       {"history", nlohmann::json::parse(history_json(history))},
       {"device", bundle->execution.device.str()},
       {"created_by", "singleinsert"}};
@@ -674,8 +717,13 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
       if (args.given(flag)) throw Error(fmt::format("{} is a SingleInsert setting; dreambooth-lora does not use it", flag));
     config.validate();
   }
+  // The fixed embedding: a resumed run's own copy, else the stage I concept's.
+  at::Tensor vectors;
+  if (checkpoint)
+    for (const auto& [name, tensor] : checkpoint->trainable)
+      if (name == "vectors") vectors = tensor;
   std::optional<Concept> parent;
-  if (!args.concept.empty()) {
+  if (!args.concept.empty() && !vectors.defined()) {
     parent = Concept::load(args.concept);
     if (parent->stage != 1)
       throw Error(fmt::format("{}: already finetuned (stage {}); dreambooth-lora starts from a stage I concept",
@@ -684,12 +732,17 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
     args.image = parent->source_image_file();
     args.class_word = parent->class_word;
     args.trigger = parent->trigger;
+    vectors = parent->embedding;
   }
   if (args.image.empty() || args.class_word.empty())
     throw Error("dreambooth-lora needs --concept (a stage I concept) or --image and --class");
   validate_trigger(args.trigger, "--trigger");
   const at::Tensor image = load_picture(args.image, "image");
+  const std::string image_sha256 = sha256_of_file(args.image);
+  if (saved && nlohmann::json::parse(saved->second).value("image_sha256", "") != image_sha256)
+    throw Error("the image changed since the interrupted run (its sha256 differs); start over with --overwrite");
   auto bundle = load_model_bundle(args.model.model, execution, args.model.sources);
+  require_epsilon_prediction(*bundle, "dreambooth-lora");
   const std::string model_hash = base_model_sha256(*bundle);
   if (parent && !parent->base_model_sha256.empty() && parent->base_model_sha256 != model_hash)
     throw Error(fmt::format("{}: trained on another base model (its UNet sha256 {} differs from {}'s {})", args.concept,
@@ -700,15 +753,50 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
   if (config.resolution % factor != 0)
     throw Error(fmt::format("--resolution {} is not a multiple of the VAE factor {}", config.resolution, factor));
 
-  // Prior preservation: the base model's own images of the class, made once and kept with the run.
+  // The trigger: the concept's tokens with their fixed vectors, or a word of the vocabulary.
+  std::vector<std::string> tokens = {args.trigger};
+  int64_t first_id = -1;
+  at::Tensor embedding;
+  if (vectors.defined()) {
+    tokens = vector_tokens(args.trigger, static_cast<int>(vectors.size(0)));
+    first_id = bundle->tokenizer.add_token(tokens[0]);
+    for (size_t k = 1; k < tokens.size(); ++k)
+      if (bundle->tokenizer.add_token(tokens[k]) != first_id + static_cast<int64_t>(k))
+        throw Error(fmt::format("the token '{}' is already taken", tokens[k]));
+    bundle->text_encoder->resize_token_embeddings(bundle->tokenizer.vocab_size());
+    embedding = vectors;
+  } else {
+    // A plain word's embedding is the word's own: generate then adds the trigger unchanged.
+    const std::vector<int64_t> ids = bundle->tokenizer.encode(args.trigger);
+    if (ids.size() != 1)
+      throw Error(fmt::format("the trigger '{}' is {} tokens; without --concept it must be one word of the vocabulary",
+                              args.trigger, ids.size()));
+    embedding = bundle->text_encoder->text_model->embeddings->token_embedding->weight[ids[0]]
+                    .detach()
+                    .to(at::kFloat)
+                    .cpu()
+                    .unsqueeze(0);
+  }
+
+  // Prior preservation: the base model's own images of the class, drawn once and kept with the
+  // run (redrawn when the class, seed, size or model differ from the ones they were drawn for).
   at::Tensor class_pixels;
   if (config.prior_images > 0) {
     const fs::path folder = fs::path(builder.staging()) / "class_images";
+    const std::string drawn_for = nlohmann::json{{"class", args.class_word},
+                                                 {"seed", config.seed},
+                                                 {"resolution", config.resolution},
+                                                 {"unet_sha256", model_hash}}
+                                      .dump();
+    const fs::path settings = folder / "settings.json";
+    if (fs::exists(folder) && (!fs::exists(settings) || read_file(settings.string()) != drawn_for)) fs::remove_all(folder);
     fs::create_directories(folder);
+    write_file_atomic(settings.string(), drawn_for);
     std::vector<at::Tensor> images;
     for (int i = 0; i < config.prior_images; ++i) {
       const fs::path file = folder / fmt::format("{:04}.png", i);
       if (!fs::exists(file)) {
+        if (interrupt_requested()) throw Error("interrupted while drawing the class images");
         GenerateOptions options;
         options.prompts = {"a photo of " + args.class_word};
         options.seed = config.seed + static_cast<uint64_t>(i);
@@ -723,77 +811,27 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
     class_pixels = at::cat(images);
   }
 
-  std::vector<std::string> tokens = {args.trigger};
-  at::Tensor vectors;
-  int64_t first_id = -1;
-  if (parent) {
-    vectors = parent->embedding;
-    tokens = vector_tokens(args.trigger, static_cast<int>(vectors.size(0)));
-    first_id = bundle->tokenizer.add_token(tokens[0]);
-    for (size_t k = 1; k < tokens.size(); ++k)
-      if (bundle->tokenizer.add_token(tokens[k]) != first_id + static_cast<int64_t>(k))
-        throw Error(fmt::format("the token '{}' is already taken", tokens[k]));
-    bundle->text_encoder->resize_token_embeddings(bundle->tokenizer.vocab_size());
-  }
   std::string subject;
   for (const auto& token : tokens) subject += token + " ";
   const at::Tensor instance_ids = tokenize_prompts(bundle->tokenizer, {"a photo of " + subject + args.class_word});
   const at::Tensor class_ids = tokenize_prompts(bundle->tokenizer, {"a photo of " + args.class_word});
   const at::Tensor square = square_image(image, CropMode::kCenter, args.image);
   const at::Tensor pixels = to_signed_unit_tensor(pil_resize_bilinear(square, config.resolution, config.resolution));
-  // A plain word's embedding is the word's own: generate then adds the trigger unchanged.
-  const at::Tensor embedding =
-      vectors.defined() ? vectors
-                        : bundle->text_encoder->text_model->embeddings->token_embedding->weight
-                              .index_select(0, at::tensor(bundle->tokenizer.encode(args.trigger), at::kLong)
-                                                   .to(bundle->execution.device))
-                              .detach()
-                              .to(at::kFloat)
-                              .cpu();
-  if (!vectors.defined() && embedding.size(0) != 1)
-    throw Error(fmt::format("the trigger '{}' is {} tokens; without --concept it must be one word of the vocabulary",
-                            args.trigger, embedding.size(0)));
 
   RunDescription run;
   run.model = args.model.model;
   run.trigger = args.trigger;
   run.class_word = args.class_word;
   run.source_image = fs::absolute(args.image).string();
-  run.image_sha256 = sha256_of_file(args.image);
+  run.image_sha256 = image_sha256;
   run.parent_concept = args.concept.empty() ? "" : fs::absolute(args.concept).string();
   run.training_json = config.to_json();
   const std::string run_json = run.to_json();
 
   DreamBoothLora method(base_model(*bundle), config, pixels, class_pixels, instance_ids, class_ids, first_id, vectors,
                         checkpoint ? &checkpoint->lora : nullptr);
-  ProgressLine progress;
-  StepLog log(args.log_json);
-  TrainingCallbacks callbacks;
-  callbacks.progress = std::ref(progress);
-  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
-  int last_checkpoint = 0;
-  callbacks.on_checkpoint = [&](const TrainingState& state) {
-    last_checkpoint = state.step;
-    builder.save_checkpoint(state, run_json);
-  };
-  const auto started = std::chrono::steady_clock::now();
-  std::vector<StepRecord> history;
-  try {
-    history = run_steps(method, method.step_options(), callbacks, checkpoint ? &*checkpoint : nullptr);
-  } catch (const TrainingInterrupted& interrupted) {
-    progress.finish();
-    throw Error(fmt::format("interrupted at step {}; the checkpoint is in {} (continue with --resume)", interrupted.step,
-                            builder.staging()));
-  } catch (const TrainingDiverged& diverged) {
-    progress.finish();
-    if (last_checkpoint > 0)
-      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
-                              last_checkpoint, builder.staging()));
-    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
-  }
-  progress.finish();
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  if (!history.empty()) seconds = std::max(seconds, history.back().seconds);
+  const auto [history, seconds] =
+      run_method(method, method.step_options(), checkpoint ? &*checkpoint : nullptr, builder, run_json, args.log_json);
 
   const LoraWeightMap lora = method.lora_weights();
   builder.write_embedding(args.trigger, embedding);
@@ -802,13 +840,12 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
   if (parent && fs::exists(parent->mask_file())) fs::copy_file(parent->mask_file(), builder.staged("mask.png"));
   if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history, "dreambooth-lora loss (log scale)"));
   fs::remove_all(fs::path(builder.staging()) / "class_images");
-  nlohmann::json final_losses = nlohmann::json::object();
-  if (!history.empty()) {
-    final_losses["loss"] = history.back().loss;
-    for (const auto& [name, value] : history.back().terms) final_losses[name] = value;
+  double stage1_seconds = 0;
+  if (parent) {
+    const auto parent_json = nlohmann::json::parse(parent->json);
+    if (parent_json.contains("wall_time_seconds") && parent_json["wall_time_seconds"].is_object())
+      stage1_seconds = parent_json["wall_time_seconds"].value("stage1", 0.0);
   }
-  const double stage1_seconds =
-      parent ? nlohmann::json::parse(parent->json).at("wall_time_seconds").value("stage1", 0.0) : 0.0;
   nlohmann::json concept = {
       {"format_version", kConceptFormatVersion},
       {"kind", "singleinsert-concept"},
@@ -821,7 +858,7 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
       {"training", nlohmann::json::parse(config.to_json())},
       {"embedding", {{"file", "embedding.safetensors"}, {"width", embedding.size(1)}, {"vectors", embedding.size(0)}}},
       {"wall_time_seconds", {{"stage1", stage1_seconds}, {"stage2", seconds}}},
-      {"final_losses", {{"stage1", nullptr}, {"stage2", final_losses}}},
+      {"final_losses", {{"stage1", nullptr}, {"stage2", last_losses(history)}}},
       {"history", nlohmann::json::parse(history_json(history))},
       {"lora",
        {{"file", "lora.safetensors"},
@@ -927,7 +964,9 @@ void add_invert_command(CLI::App& app) {
   command->add_option("--resolution", args->resolution, "Training resolution (preset: 512)");
   command->add_option("--encoder-weights", args->encoder_weights,
                       "Start the image encoder from a CLIP ViT-B/32 vision checkpoint (transformers layout)");
-  command->add_option("--crop", args->crop, "center: centre-crop non-square images; none: refuse them")
+  command->add_option("--crop", args->crop,
+                      "center: centre-crop non-square images; none: refuse them (textual-inversion and cross-init "
+                      "stretch the whole image to a square unless --crop is given, as their references do)")
       ->check(CLI::IsMember({"center", "none"}))
       ->capture_default_str();
   command->add_option("--method", args->method,

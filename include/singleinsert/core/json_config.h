@@ -3,6 +3,7 @@
 // file, the key and the offending value.
 #include <nlohmann/json_fwd.hpp>
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -21,9 +22,12 @@ class JsonConfig {
 
   const std::string& origin() const { return origin_; }
   bool has(const std::string& key) const;  // present and not null
+  // An Error naming the first key not in `known` (a misspelt setting is never silently ignored).
+  void require_known_keys(const std::vector<std::string>& known) const;
 
   // A missing or null key gives `fallback`; a value of the wrong type is an Error.
   int get_int(const std::string& key, int fallback) const;
+  uint64_t get_uint64(const std::string& key, uint64_t fallback) const;  // e.g. seeds
   double get_double(const std::string& key, double fallback) const;
   bool get_bool(const std::string& key, bool fallback) const;
   std::string get_string(const std::string& key, const std::string& fallback) const;

@@ -67,7 +67,8 @@ class DreamBoothLora : public TrainingMethod {
 
   std::vector<at::Tensor> parameters() override { return lora_->parameters(); }
   LossTerms loss(int step, at::Generator& generator) override;
-  void save_state(TrainingState& state) const override { state.lora = lora_->weights(); }
+  // The LoRA, and the fixed vectors, so that a resumed run needs no parent concept.
+  void save_state(TrainingState& state) const override;
   void load_state(const TrainingState& state) override;
   std::vector<std::string> progress_terms() const override;
 
