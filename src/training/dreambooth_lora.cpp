@@ -19,9 +19,10 @@ void DreamBoothLoraConfig::apply_json(const std::string& text, const std::string
   const JsonConfig json = JsonConfig::parse(text, origin);
   const std::string method = json.get_string("method", "dreambooth-lora");
   if (method != "dreambooth-lora") throw Error(fmt::format("{}: a {} preset, not dreambooth-lora", origin, method));
-  json.require_known_keys({"description", "method", "resolution", "steps", "batch", "learning_rate", "lora_rank",
-                           "train_text_encoder", "prior_images", "prior_loss_weight", "beta1", "beta2", "adam_eps",
-                           "weight_decay", "max_grad_norm", "seed", "checkpoint_every"});
+  std::vector<std::string> known = {"description", "method", "resolution", "steps", "batch", "learning_rate",
+                                     "lora_rank", "train_text_encoder", "prior_images", "prior_loss_weight"};
+  known.insert(known.end(), StepSettings::keys().begin(), StepSettings::keys().end());
+  json.require_known_keys(known);
   resolution = json.get_int("resolution", resolution);
   steps = json.get_int("steps", steps);
   batch = json.get_int("batch", batch);
@@ -30,32 +31,20 @@ void DreamBoothLoraConfig::apply_json(const std::string& text, const std::string
   train_text_encoder = json.get_bool("train_text_encoder", train_text_encoder);
   prior_images = json.get_int("prior_images", prior_images);
   prior_loss_weight = json.get_double("prior_loss_weight", prior_loss_weight);
-  beta1 = json.get_double("beta1", beta1);
-  beta2 = json.get_double("beta2", beta2);
-  adam_eps = json.get_double("adam_eps", adam_eps);
-  weight_decay = json.get_double("weight_decay", weight_decay);
-  max_grad_norm = json.get_double("max_grad_norm", max_grad_norm);
-  seed = json.get_uint64("seed", seed);
-  checkpoint_every = json.get_int("checkpoint_every", checkpoint_every);
+  step.read(json);
 }
 
 std::string DreamBoothLoraConfig::to_json() const {
-  const nlohmann::json json = {{"method", "dreambooth-lora"},
-                               {"resolution", resolution},
-                               {"steps", steps},
-                               {"batch", batch},
-                               {"learning_rate", learning_rate},
-                               {"lora_rank", lora_rank},
-                               {"train_text_encoder", train_text_encoder},
-                               {"prior_images", prior_images},
-                               {"prior_loss_weight", prior_loss_weight},
-                               {"beta1", beta1},
-                               {"beta2", beta2},
-                               {"adam_eps", adam_eps},
-                               {"weight_decay", weight_decay},
-                               {"max_grad_norm", max_grad_norm},
-                               {"seed", seed},
-                               {"checkpoint_every", checkpoint_every}};
+  nlohmann::json json = {{"method", "dreambooth-lora"},
+                         {"resolution", resolution},
+                         {"steps", steps},
+                         {"batch", batch},
+                         {"learning_rate", learning_rate},
+                         {"lora_rank", lora_rank},
+                         {"train_text_encoder", train_text_encoder},
+                         {"prior_images", prior_images},
+                         {"prior_loss_weight", prior_loss_weight}};
+  step.write(json);
   return json.dump(2);
 }
 
@@ -68,8 +57,7 @@ void DreamBoothLoraConfig::validate() const {
   if (prior_images < 0 || prior_images > 10000)
     throw Error(fmt::format("--prior-images must be between 0 and 10000, got {}", prior_images));
   if (!(prior_loss_weight >= 0)) throw Error("prior_loss_weight must not be negative");
-  if (!(max_grad_norm >= 0)) throw Error("max_grad_norm must not be negative");
-  if (checkpoint_every < 0) throw Error("--checkpoint-every must not be negative");
+  step.validate();
 }
 
 DreamBoothLosses dreambooth_loss(UNet2DConditionModelImpl& unet, const NoiseSchedule& schedule, const at::Tensor& z0,
@@ -117,12 +105,16 @@ DreamBoothLora::DreamBoothLora(BaseModel base, const DreamBoothLoraConfig& confi
   if (lora && !lora->empty()) {
     lora_ = LoraNetwork::from_weights("dreambooth", *lora, targets, owners, "checkpoint");
   } else {
-    at::Generator generator = make_cpu_generator(step_seed(config_.seed, 2, -1));
+    at::Generator generator = make_cpu_generator(step_seed(config_.step.seed, 2, -1));
     lora_ = LoraNetwork::create("dreambooth", targets, owners, config_.lora_rank, config_.lora_rank, generator);
   }
   lora_->to(device);
   // The posteriors never change: encode every image once, sample them every step.
   at::NoGradGuard no_grad;
+  if (!config_.train_text_encoder) {  // nor, with a frozen text encoder, do the prompts' states
+    instance_states_ = prompt_states(instance_ids_);
+    class_states_ = prompt_states(class_ids_);
+  }
   const auto vae_dtype = base_.vae->encoder->conv_in->weight.scalar_type();
   const VaePosterior instance_posterior = base_.vae->encode(instance.to(device, vae_dtype));
   instance_mean_ = instance_posterior.mean.to(at::kFloat);
@@ -142,6 +134,13 @@ DreamBoothLora::DreamBoothLora(BaseModel base, const DreamBoothLoraConfig& confi
 
 DreamBoothLora::~DreamBoothLora() = default;
 
+at::Tensor DreamBoothLora::prompt_states(const at::Tensor& ids) {
+  std::optional<compat::AutocastGuard> mixed_precision;
+  if (base_.dtype != at::kFloat) mixed_precision.emplace(base_.device.type(), base_.dtype);
+  return vectors_.defined() ? encode_with_vectors(*base_.text_encoder, ids, first_id_, vectors_)
+                            : base_.text_encoder->forward(ids).last_hidden_state;  // [1, L, D]
+}
+
 LossTerms DreamBoothLora::loss(int step, at::Generator& generator) {
   const auto device = base_.device;
   const int64_t batch = config_.batch;
@@ -149,13 +148,16 @@ LossTerms DreamBoothLora::loss(int step, at::Generator& generator) {
   // The class images in turn (the reference's sampler shuffles them each epoch; every image is
   // used as often either way).
   at::Tensor mean = instance_mean_.expand({batch, -1, -1, -1}), std = instance_std_.expand({batch, -1, -1, -1});
-  at::Tensor ids = instance_ids_.expand({batch, -1});
+  // Each prompt is encoded once and shared by its rows.
+  const at::Tensor instance_states = instance_states_.defined() ? instance_states_ : prompt_states(instance_ids_);
+  at::Tensor states = instance_states.expand({batch, -1, -1});
   if (prior) {
     const int64_t count = class_mean_.size(0);
     const at::Tensor which = (at::arange(batch, at::kLong) + static_cast<int64_t>(step) * batch).remainder(count).to(device);
     mean = at::cat({mean, class_mean_.index_select(0, which)});
     std = at::cat({std, class_std_.index_select(0, which)});
-    ids = at::cat({ids, class_ids_.expand({batch, -1})});
+    const at::Tensor class_states = class_states_.defined() ? class_states_ : prompt_states(class_ids_);
+    states = at::cat({states, class_states.expand({batch, -1, -1})});
   }
   const int64_t rows = mean.size(0);
   const std::vector<int64_t> latent_shape = {rows, mean.size(1), mean.size(2), mean.size(3)};
@@ -167,8 +169,6 @@ LossTerms DreamBoothLora::loss(int step, at::Generator& generator) {
 
   std::optional<compat::AutocastGuard> mixed_precision;
   if (base_.dtype != at::kFloat) mixed_precision.emplace(device.type(), base_.dtype);
-  const at::Tensor states = vectors_.defined() ? encode_with_vectors(*base_.text_encoder, ids, first_id_, vectors_)
-                                               : base_.text_encoder->forward(ids).last_hidden_state;
   const DreamBoothLosses losses =
       dreambooth_loss(*base_.unet, schedule_, z0, noise, timesteps, states, batch, config_.prior_loss_weight);
   if (!prior) return {losses.total, {{"instance", losses.instance}}};
@@ -181,10 +181,8 @@ void DreamBoothLora::save_state(TrainingState& state) const {
 }
 
 void DreamBoothLora::load_state(const TrainingState& state) {
-  at::NoGradGuard no_grad;
-  const LoraWeightMap current = lora_->weights();
-  if (state.lora.size() != current.size())
-    throw Error(fmt::format("checkpoint: {} LoRA modules, the run has {}", state.lora.size(), current.size()));
+  if (state.lora.size() != lora_->size())
+    throw Error(fmt::format("checkpoint: {} LoRA modules, the run has {}", state.lora.size(), lora_->size()));
   // The network was built from these weights when resuming; nothing else to restore.
 }
 
@@ -193,15 +191,7 @@ std::vector<std::string> DreamBoothLora::progress_terms() const {
 }
 
 StepLoopOptions DreamBoothLora::step_options() const {
-  StepLoopOptions options;
-  options.stage = 2;
-  options.steps = config_.steps;
-  options.adam = {config_.learning_rate, config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
-  options.max_grad_norm = config_.max_grad_norm;
-  options.seed = config_.seed;
-  options.checkpoint_every = config_.checkpoint_every;
-  options.label = "dreambooth-lora";
-  return options;
+  return config_.step.options(2, config_.steps, config_.learning_rate, "dreambooth-lora");
 }
 
 }  // namespace singleinsert

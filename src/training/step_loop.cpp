@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <map>
+#include <nlohmann/json.hpp>
 
 #include "singleinsert/core/interrupt.h"
 #include "singleinsert/core/random.h"
@@ -16,6 +17,50 @@ double StepRecord::term(const std::string& name) const {
   for (const auto& [key, value] : terms)
     if (key == name) return value;
   return 0.0;
+}
+
+const std::vector<std::string>& StepSettings::keys() {
+  static const std::vector<std::string> names = {"beta1",         "beta2", "adam_eps",
+                                                 "weight_decay",  "max_grad_norm", "seed",
+                                                 "checkpoint_every"};
+  return names;
+}
+
+void StepSettings::read(const JsonConfig& json) {
+  beta1 = json.get_double("beta1", beta1);
+  beta2 = json.get_double("beta2", beta2);
+  adam_eps = json.get_double("adam_eps", adam_eps);
+  weight_decay = json.get_double("weight_decay", weight_decay);
+  max_grad_norm = json.get_double("max_grad_norm", max_grad_norm);
+  seed = json.get_uint64("seed", seed);
+  checkpoint_every = json.get_int("checkpoint_every", checkpoint_every);
+}
+
+void StepSettings::write(nlohmann::json& json) const {
+  json["beta1"] = beta1;
+  json["beta2"] = beta2;
+  json["adam_eps"] = adam_eps;
+  json["weight_decay"] = weight_decay;
+  json["max_grad_norm"] = max_grad_norm;
+  json["seed"] = seed;
+  json["checkpoint_every"] = checkpoint_every;
+}
+
+void StepSettings::validate() const {
+  if (!(max_grad_norm >= 0)) throw Error("max_grad_norm must not be negative");
+  if (checkpoint_every < 0) throw Error("--checkpoint-every must not be negative");
+}
+
+StepLoopOptions StepSettings::options(int stage, int steps, double lr, const std::string& label) const {
+  StepLoopOptions options;
+  options.stage = stage;
+  options.steps = steps;
+  options.adam = {lr, beta1, beta2, adam_eps, weight_decay};
+  options.max_grad_norm = max_grad_norm;
+  options.seed = seed;
+  options.checkpoint_every = checkpoint_every;
+  options.label = label;
+  return options;
 }
 
 std::vector<StepRecord> run_steps(TrainingMethod& method, const StepLoopOptions& options,

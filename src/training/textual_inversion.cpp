@@ -23,9 +23,10 @@ void EmbeddingInversionConfig::apply_json(const std::string& text, const std::st
   const std::string preset_method = json.get_string("method", method);
   if (preset_method != "textual-inversion" && preset_method != "cross-init")
     throw Error(fmt::format("{}: a {} preset, not textual-inversion or cross-init", origin, preset_method));
-  json.require_known_keys({"description", "method", "resolution", "steps", "batch", "learning_rate", "scale_lr",
-                           "num_vectors", "flip_p", "templates", "subject", "reg_weight", "beta1", "beta2", "adam_eps",
-                           "weight_decay", "max_grad_norm", "seed", "checkpoint_every"});
+  std::vector<std::string> known = {"description", "method", "resolution", "steps", "batch", "learning_rate",
+                                     "scale_lr", "num_vectors", "flip_p", "templates", "subject", "reg_weight"};
+  known.insert(known.end(), StepSettings::keys().begin(), StepSettings::keys().end());
+  json.require_known_keys(known);
   method = json.get_string("method", method);
   resolution = json.get_int("resolution", resolution);
   steps = json.get_int("steps", steps);
@@ -37,26 +38,17 @@ void EmbeddingInversionConfig::apply_json(const std::string& text, const std::st
   templates = json.get_string("templates", templates);
   subject = json.get_string("subject", subject);
   reg_weight = json.get_double("reg_weight", reg_weight);
-  beta1 = json.get_double("beta1", beta1);
-  beta2 = json.get_double("beta2", beta2);
-  adam_eps = json.get_double("adam_eps", adam_eps);
-  weight_decay = json.get_double("weight_decay", weight_decay);
-  max_grad_norm = json.get_double("max_grad_norm", max_grad_norm);
-  seed = json.get_uint64("seed", seed);
-  checkpoint_every = json.get_int("checkpoint_every", checkpoint_every);
+  step.read(json);
 }
 
 std::string EmbeddingInversionConfig::to_json() const {
-  const nlohmann::json json = {{"method", method},           {"resolution", resolution},
-                               {"steps", steps},             {"batch", batch},
-                               {"learning_rate", learning_rate}, {"scale_lr", scale_lr},
-                               {"num_vectors", num_vectors}, {"flip_p", flip_p},
-                               {"templates", templates},     {"subject", subject},
-                               {"reg_weight", reg_weight},
-                               {"beta1", beta1},             {"beta2", beta2},
-                               {"adam_eps", adam_eps},       {"weight_decay", weight_decay},
-                               {"max_grad_norm", max_grad_norm}, {"seed", seed},
-                               {"checkpoint_every", checkpoint_every}};
+  nlohmann::json json = {{"method", method},           {"resolution", resolution},
+                         {"steps", steps},             {"batch", batch},
+                         {"learning_rate", learning_rate}, {"scale_lr", scale_lr},
+                         {"num_vectors", num_vectors}, {"flip_p", flip_p},
+                         {"templates", templates},     {"subject", subject},
+                         {"reg_weight", reg_weight}};
+  step.write(json);
   return json.dump(2);
 }
 
@@ -71,8 +63,7 @@ void EmbeddingInversionConfig::validate() const {
   if (resolution < 8) throw Error(fmt::format("--resolution {} is too small", resolution));
   if (!(flip_p >= 0 && flip_p <= 1)) throw Error(fmt::format("flip_p {} is not a probability", flip_p));
   if (!(reg_weight >= 0)) throw Error("reg_weight must not be negative");
-  if (!(max_grad_norm >= 0)) throw Error("max_grad_norm must not be negative");
-  if (checkpoint_every < 0) throw Error("--checkpoint-every must not be negative");
+  step.validate();
   inversion_templates(templates);
   // One "{}" and no other braces: the subject is formatted into every template.
   if (std::count(subject.begin(), subject.end(), '{') != 1 || std::count(subject.begin(), subject.end(), '}') != 1 ||
@@ -230,15 +221,7 @@ std::vector<std::string> EmbeddingInversion::progress_terms() const {
 }
 
 StepLoopOptions EmbeddingInversion::step_options() const {
-  StepLoopOptions options;
-  options.stage = 1;
-  options.steps = config_.steps;
-  options.adam = {config_.lr(), config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay};
-  options.max_grad_norm = config_.max_grad_norm;
-  options.seed = config_.seed;
-  options.checkpoint_every = config_.checkpoint_every;
-  options.label = config_.method;
-  return options;
+  return config_.step.options(1, config_.steps, config_.lr(), config_.method);
 }
 
 }  // namespace singleinsert

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <nlohmann/json.hpp>
 
@@ -222,6 +223,49 @@ struct StageRun {
   std::string parent_json;  // the stage I concept.json, when finetuning
 };
 
+// Runs training (`train` calls the step loop with the callbacks it is given) with the progress
+// line, --log-json, checkpoints into the concept's staging folder (after `earlier`, the history of
+// the stages before), and one clear message when interrupted (naming the stage, for SingleInsert's
+// two) or diverged. Returns the run's own
+// history and the seconds spent (a resumed run counts its earlier part).
+std::pair<std::vector<StepRecord>, double> run_method(
+    const std::function<std::vector<StepRecord>(const TrainingCallbacks&)>& train, ConceptBuilder& builder,
+    const std::string& run_json, const std::string& log_json, bool name_stages = false,
+    const std::vector<StepRecord>& earlier = {}) {
+  ProgressLine progress;
+  StepLog log(log_json);
+  TrainingCallbacks callbacks;
+  callbacks.progress = std::ref(progress);
+  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
+  int last_checkpoint = 0;
+  callbacks.on_checkpoint = [&](const TrainingState& state) {
+    last_checkpoint = state.step;
+    TrainingState full = state;
+    full.history.insert(full.history.begin(), earlier.begin(), earlier.end());
+    builder.save_checkpoint(full, run_json);
+  };
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<StepRecord> history;
+  try {
+    history = train(callbacks);
+  } catch (const TrainingInterrupted& interrupted) {
+    progress.finish();
+    const std::string where = !name_stages ? "" : interrupted.stage == 1 ? "stage I " : "stage II ";
+    throw Error(fmt::format("interrupted at {}step {}; the checkpoint is in {} (continue with --resume)", where,
+                            interrupted.step, builder.staging()));
+  } catch (const TrainingDiverged& diverged) {
+    progress.finish();
+    if (last_checkpoint > 0)
+      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
+                              last_checkpoint, builder.staging()));
+    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
+  }
+  progress.finish();
+  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  if (!history.empty()) seconds = std::max(seconds, history.back().seconds);
+  return {std::move(history), seconds};
+}
+
 // Trains one stage into the builder's staging folder and completes the concept.
 void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const TrainArgs& args,
                      const std::optional<TrainingState>& checkpoint, double earlier_seconds) {
@@ -233,19 +277,6 @@ void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const Trai
   if (trigger_ids[0][1].item<int64_t>() != trigger_id) throw Error("the trigger is not the first token of its prompt");
 
   SingleInsertTrainer trainer(base_model(bundle), r.encoder, r.config, r.source, trigger_ids, class_ids);
-  ProgressLine progress;
-  StepLog log(args.log_json);
-  TrainingCallbacks callbacks;
-  callbacks.progress = std::ref(progress);
-  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
-  const std::string run_json = r.run.to_json();
-  int last_checkpoint = 0;
-  callbacks.on_checkpoint = [&](const TrainingState& state) {
-    last_checkpoint = state.step;
-    TrainingState full = state;
-    full.history.insert(full.history.begin(), r.earlier_history.begin(), r.earlier_history.end());
-    builder.save_checkpoint(full, run_json);
-  };
   TrainingState resume_state;
   if (checkpoint) {
     resume_state = *checkpoint;
@@ -254,24 +285,12 @@ void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const Trai
                                                [stage](const StepRecord& s) { return s.stage != stage; }),
                                resume_state.history.end());
   }
-  const auto start = std::chrono::steady_clock::now();
-  try {
-    trainer.run_stage(stage, callbacks, checkpoint ? &resume_state : nullptr);
-  } catch (const TrainingInterrupted& interrupted) {
-    progress.finish();
-    throw Error(fmt::format("interrupted at stage {} step {}; the checkpoint is in {} (continue with --resume)",
-                            interrupted.stage == 1 ? "I" : "II", interrupted.step, builder.staging()));
-  } catch (const TrainingDiverged& diverged) {
-    progress.finish();
-    if (last_checkpoint > 0)
-      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
-                              last_checkpoint, builder.staging()));
-    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
-  }
-  progress.finish();
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const auto& own = trainer.history();
-  if (!own.empty()) seconds = std::max(seconds, own.back().seconds);  // resumed runs count the earlier part
+  const auto [own, seconds] = run_method(
+      [&](const TrainingCallbacks& callbacks) {
+        trainer.run_stage(stage, callbacks, checkpoint ? &resume_state : nullptr);
+        return trainer.history();
+      },
+      builder, r.run.to_json(), args.log_json, /*name_stages=*/true, r.earlier_history);
 
   std::vector<StepRecord> history = r.earlier_history;
   history.insert(history.end(), own.begin(), own.end());
@@ -353,43 +372,6 @@ std::optional<std::pair<TrainingState, std::string>> load_checkpoint_or_start_ov
   return saved;
 }
 
-// Runs a method's steps with the progress line, --log-json, checkpoints into the concept's staging
-// folder, and one clear message when interrupted or diverged. Returns the history and the seconds
-// spent (a resumed run counts its earlier part).
-std::pair<std::vector<StepRecord>, double> run_method(TrainingMethod& method, const StepLoopOptions& options,
-                                                      const TrainingState* resume, ConceptBuilder& builder,
-                                                      const std::string& run_json, const std::string& log_json) {
-  ProgressLine progress;
-  StepLog log(log_json);
-  TrainingCallbacks callbacks;
-  callbacks.progress = std::ref(progress);
-  callbacks.on_step = [&](const StepRecord& record) { log.write(record); };
-  int last_checkpoint = 0;
-  callbacks.on_checkpoint = [&](const TrainingState& state) {
-    last_checkpoint = state.step;
-    builder.save_checkpoint(state, run_json);
-  };
-  const auto started = std::chrono::steady_clock::now();
-  std::vector<StepRecord> history;
-  try {
-    history = run_steps(method, options, callbacks, resume);
-  } catch (const TrainingInterrupted& interrupted) {
-    progress.finish();
-    throw Error(fmt::format("interrupted at step {}; the checkpoint is in {} (continue with --resume)", interrupted.step,
-                            builder.staging()));
-  } catch (const TrainingDiverged& diverged) {
-    progress.finish();
-    if (last_checkpoint > 0)
-      throw Error(fmt::format("{} (try a lower --lr); the last good checkpoint, step {}, is kept in {}", diverged.what(),
-                              last_checkpoint, builder.staging()));
-    throw Error(fmt::format("{} (try a lower --lr); no checkpoint had been written yet", diverged.what()));
-  }
-  progress.finish();
-  double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-  if (!history.empty()) seconds = std::max(seconds, history.back().seconds);
-  return {std::move(history), seconds};
-}
-
 // The last step's loss and terms, for concept.json's final_losses.
 nlohmann::json last_losses(const std::vector<StepRecord>& history) {
   nlohmann::json losses = nlohmann::json::object();
@@ -469,8 +451,8 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
     if (args.given("--steps")) config.steps = args.steps;
     if (args.given("--batch")) config.batch = args.batch;
     if (args.given("--lr")) config.learning_rate = args.lr;
-    if (args.given("--seed")) config.seed = args.seed;
-    if (args.given("--checkpoint-every")) config.checkpoint_every = args.checkpoint_every;
+    if (args.given("--seed")) config.step.seed = args.seed;
+    if (args.given("--checkpoint-every")) config.step.checkpoint_every = args.checkpoint_every;
     if (args.given("--resolution")) config.resolution = args.resolution;
     if (args.given("--num-vectors")) config.num_vectors = args.num_vectors;
     if (args.given("--reg-weight")) config.reg_weight = args.reg_weight;
@@ -570,9 +552,11 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
   run_json["crop"] = crop;
 
   EmbeddingInversion method(base_model(*bundle), config, pixels, template_ids, first_id, start);
-  const auto [history, seconds] =
-      run_method(method, method.step_options(), checkpoint ? &*checkpoint : nullptr, builder, run_json.dump(),
-                 args.log_json);
+  const auto [history, seconds] = run_method(
+      [&](const TrainingCallbacks& callbacks) {
+        return run_steps(method, method.step_options(), callbacks, checkpoint ? &*checkpoint : nullptr);
+      },
+      builder, run_json.dump(), args.log_json);
 
   const at::Tensor embedding = method.embedding();
   builder.write_embedding(args.trigger, embedding);
@@ -708,8 +692,8 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
     if (args.given("--steps")) config.steps = args.steps;
     if (args.given("--batch")) config.batch = args.batch;
     if (args.given("--lr")) config.learning_rate = args.lr;
-    if (args.given("--seed")) config.seed = args.seed;
-    if (args.given("--checkpoint-every")) config.checkpoint_every = args.checkpoint_every;
+    if (args.given("--seed")) config.step.seed = args.seed;
+    if (args.given("--checkpoint-every")) config.step.checkpoint_every = args.checkpoint_every;
     if (args.given("--lora-rank")) config.lora_rank = args.lora_rank;
     if (args.given("--prior-images")) config.prior_images = args.prior_images;
     if (args.train_text_encoder) config.train_text_encoder = true;
@@ -784,7 +768,7 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
   if (config.prior_images > 0) {
     const fs::path folder = fs::path(builder.staging()) / "class_images";
     const std::string drawn_for = nlohmann::json{{"class", args.class_word},
-                                                 {"seed", config.seed},
+                                                 {"seed", config.step.seed},
                                                  {"resolution", config.resolution},
                                                  {"unet_sha256", model_hash}}
                                       .dump();
@@ -799,7 +783,7 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
         if (interrupt_requested()) throw Error("interrupted while drawing the class images");
         GenerateOptions options;
         options.prompts = {"a photo of " + args.class_word};
-        options.seed = config.seed + static_cast<uint64_t>(i);
+        options.seed = config.step.seed + static_cast<uint64_t>(i);
         options.width = options.height = config.resolution;
         const GeneratedImages generated = generate(*bundle, options);
         write_png(file.string() + ".tmp.png", generated.pixels[0]);
@@ -830,8 +814,11 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
 
   DreamBoothLora method(base_model(*bundle), config, pixels, class_pixels, instance_ids, class_ids, first_id, vectors,
                         checkpoint ? &checkpoint->lora : nullptr);
-  const auto [history, seconds] =
-      run_method(method, method.step_options(), checkpoint ? &*checkpoint : nullptr, builder, run_json, args.log_json);
+  const auto [history, seconds] = run_method(
+      [&](const TrainingCallbacks& callbacks) {
+        return run_steps(method, method.step_options(), callbacks, checkpoint ? &*checkpoint : nullptr);
+      },
+      builder, run_json, args.log_json);
 
   const LoraWeightMap lora = method.lora_weights();
   builder.write_embedding(args.trigger, embedding);

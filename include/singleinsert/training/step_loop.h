@@ -11,7 +11,10 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json_fwd.hpp>
+
 #include "singleinsert/core/error.h"
+#include "singleinsert/core/json_config.h"
 #include "singleinsert/core/progress.h"
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/models/lora.h"
@@ -90,6 +93,21 @@ struct StepLoopOptions {
   uint64_t seed = 0;
   int checkpoint_every = 0;  // steps; 0 = only when interrupted
   std::string label;         // progress line's name, e.g. "stage I"
+};
+
+// The settings every method's config shares, under the same keys in presets and concept.json:
+// AdamW's, clipping, the seed and how often to checkpoint.
+struct StepSettings {
+  double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 1e-2;
+  double max_grad_norm = 0;  // 0: not clipped
+  uint64_t seed = 0;
+  int checkpoint_every = 100;
+
+  static const std::vector<std::string>& keys();
+  void read(const JsonConfig& json);
+  void write(nlohmann::json& json) const;
+  void validate() const;
+  StepLoopOptions options(int stage, int steps, double lr, const std::string& label) const;
 };
 
 // Runs steps [resume->step, options.steps) and returns the stage's history (the resumed one's

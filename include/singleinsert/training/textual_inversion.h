@@ -37,10 +37,7 @@ struct EmbeddingInversionConfig {
   std::string templates = "object";  // "object", "cross-init", or "world" (the toy world's words)
   std::string subject = "{}";        // what fills a template's "{}", "{}" standing for the n tokens
   double reg_weight = 0;             // Cross Initialization's pull towards its starting point
-  double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 1e-2;
-  double max_grad_norm = 0;  // 0: not clipped (the reference does not clip)
-  uint64_t seed = 0;
-  int checkpoint_every = 100;
+  StepSettings step;  // the reference does not clip: max_grad_norm 0
 
   double lr() const { return scale_lr ? learning_rate * batch : learning_rate; }
   void apply_json(const std::string& json_text, const std::string& origin);
