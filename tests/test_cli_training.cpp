@@ -294,7 +294,7 @@ TEST(CliTraining, TextualInversionAndCrossInitMakeConceptsThatGenerate) {
   for (const std::string method : {"textual-inversion", "cross-init"}) {
     std::vector<std::string> args =
         with(method_args(method, method_preset(dir, method, 3), dir + "/" + method), {"--num-vectors", "2"});
-    if (method == "cross-init") args = with(args, {"--init-names", dir + "/names.txt"});
+    if (method == "cross-init") args = with(args, {"--init-names", dir + "/names.txt", "--preview"});
     const CliResult trained = run_cli(args);
     ASSERT_EQ(trained.exit_code, 0) << trained.err;
     const std::string concept = dir + "/" + method;
@@ -307,6 +307,10 @@ TEST(CliTraining, TextualInversionAndCrossInitMakeConceptsThatGenerate) {
     EXPECT_EQ(json["history"][0].contains("reg"), method == "cross-init");
     EXPECT_FALSE(fs::exists(concept + "/encoder.safetensors"));
     EXPECT_FALSE(fs::exists(concept + "/mask.png"));  // none was given
+    if (method == "cross-init") {  // four prompts in a row, each 32 px and captioned
+      const at::Tensor preview = read_image_rgb(concept + "/preview.png").pixels;
+      EXPECT_EQ(preview.sizes(), (std::vector<int64_t>{32 + 18, 4 * 32, 3}));
+    }
     const at::Tensor embedding = embedding_of(concept);
     EXPECT_EQ(embedding.sizes(), (std::vector<int64_t>{2, 32}));
 
@@ -329,7 +333,7 @@ TEST(CliTraining, TextualInversionAndCrossInitMakeConceptsThatGenerate) {
                                   .dump();
   const CliResult tidb = run_cli({"finetune", "--model", testing::golden_path("sd_tiny"), "--method", "dreambooth-lora",
                                   "--concept", dir + "/textual-inversion", "--preset", db_preset, "--prior-images", "2",
-                                  "--train-text-encoder", "--out", dir + "/ti-db"});
+                                  "--train-text-encoder", "--preview", "--out", dir + "/ti-db"});
   ASSERT_EQ(tidb.exit_code, 0) << tidb.err;
   const auto db = nlohmann::json::parse(read_file(dir + "/ti-db/concept.json"));
   EXPECT_EQ(db["method"], "dreambooth-lora");
@@ -338,6 +342,7 @@ TEST(CliTraining, TextualInversionAndCrossInitMakeConceptsThatGenerate) {
   EXPECT_TRUE(db["history"][0].contains("prior"));
   EXPECT_TRUE(at::equal(embedding_of(dir + "/ti-db"), ti));
   EXPECT_FALSE(fs::exists(dir + "/ti-db/class_images"));
+  EXPECT_TRUE(fs::exists(dir + "/ti-db/preview.png"));
   const CliResult with_lora = run_cli({"generate", "--model", testing::golden_path("sd_tiny"), "--concept",
                                        dir + "/ti-db", "--prompt", "a photo of * toy", "--steps", "2", "--out",
                                        dir + "/images_db"});
@@ -374,6 +379,11 @@ TEST(CliTraining, TextualInversionResumesToTheSameResult) {
   expect_clean_failure(
       interrupted_after_two_steps(method_args("textual-inversion", preset, dir + "/interrupted"), dir + "/log.jsonl"),
       "interrupted at step");
+  // Resuming in another dtype would not end where the uninterrupted run ends: refused, the
+  // checkpoint kept.
+  expect_clean_failure(run_cli({"invert", "--model", testing::golden_path("sd_tiny"), "--out", dir + "/interrupted",
+                                "--resume", "--dtype", "bf16"}),
+                       "the interrupted run computed in fp32; resume it with --dtype fp32");
   const CliResult resumed =
       run_cli({"invert", "--model", testing::golden_path("sd_tiny"), "--out", dir + "/interrupted", "--resume"});
   ASSERT_EQ(resumed.exit_code, 0) << resumed.err;

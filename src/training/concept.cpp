@@ -77,6 +77,51 @@ std::vector<StepRecord> parse_history(const std::string& json) {
   return out;
 }
 
+std::string concept_json(const ConceptRecord& record) {
+  // The last row of a stage: its loss and terms (null when the concept has no such stage).
+  auto final_losses = [&](int stage) {
+    for (auto it = record.history.rbegin(); it != record.history.rend(); ++it)
+      if (it->stage == stage) {
+        nlohmann::json losses = {{"loss", it->loss}};
+        for (const auto& [name, value] : it->terms) losses[name] = value;
+        return losses;
+      }
+    return nlohmann::json();
+  };
+  nlohmann::json source = {{"image", record.image}, {"image_sha256", record.image_sha256}};
+  if (!record.mask.empty()) {
+    source["mask"] = record.mask;
+    source["mask_sha256"] = record.mask_sha256;
+  }
+  if (record.foreground_fraction) source["foreground_fraction"] = *record.foreground_fraction;
+  nlohmann::json json = {
+      {"format_version", kConceptFormatVersion},
+      {"kind", "singleinsert-concept"},
+      {"method", record.method},
+      {"trigger", record.trigger},
+      {"class", record.class_word},
+      {"stage", record.stage},
+      {"base_model", {{"path", record.model_path}, {"unet_sha256", record.unet_sha256}}},
+      {"source", std::move(source)},
+      {"training", nlohmann::json::parse(record.training_json)},
+      {"embedding",
+       {{"file", "embedding.safetensors"}, {"width", record.embedding_width}, {"vectors", record.embedding_vectors}}},
+      {"wall_time_seconds", {{"stage1", record.stage1_seconds}, {"stage2", record.stage2_seconds}}},
+      {"final_losses", {{"stage1", final_losses(1)}, {"stage2", final_losses(2)}}},
+      {"history", nlohmann::json::parse(history_json(record.history))},
+      {"device", record.device},
+      {"created_by", "singleinsert"}};
+  if (!record.init_json.empty()) json["init"] = nlohmann::json::parse(record.init_json);
+  if (record.lora)
+    json["lora"] = {{"file", "lora.safetensors"},
+                    {"layout", "diffusers-processor"},
+                    {"rank", record.lora->rank},
+                    {"alpha", record.lora->alpha},
+                    {"modules", record.lora->modules},
+                    {"parent_concept", record.lora->parent_concept}};
+  return json.dump(2) + "\n";
+}
+
 Concept Concept::load(const std::string& path) {
   if (!fs::is_directory(path)) {
     if (fs::exists(partial_path(path)))

@@ -60,3 +60,19 @@ for nv in safetensors:0.4.1 huggingface_hub:0.20.3 transformers:4.36.0.dev0 diff
 done
 mkdir -p "$G/hf_home"
 echo "setup ok: $G"
+# A second PYTHONPATH, pylib-0.30, for checking the exports in a diffusers with its PEFT backend
+# (tests/reference/check_exports.py): diffusers v0.30.3 with peft v0.12.0 (of the same month) and the
+# huggingface_hub it needs (>= 0.23.2); transformers, accelerate, ftfy and safetensors as above.
+ex diffusers_v0.30.3   "$M/huggingface+diffusers/repo"       v0.30.3 src    # c9ff360966327ace3faad3807dc871a4e5447501
+ex peft_v0.12.0        "$M/huggingface+peft/repo"            v0.12.0 src    # e6cd24c907565040ee1766a5735afe3d13a71164
+ex huggingface_hub_v0.25.2 "$M/huggingface+huggingface_hub/repo" v0.25.2 src  # 5eef17964897652da99ec829df6354be18c59a07
+rm -rf "$G/pylib-0.30" && mkdir -p "$G/pylib-0.30" && cd "$G/pylib-0.30"
+ln -s ../src/diffusers_v0.30.3/src/diffusers diffusers
+ln -s ../src/peft_v0.12.0/src/peft peft
+ln -s ../src/huggingface_hub_v0.25.2/src/huggingface_hub huggingface_hub
+for n in transformers ftfy accelerate safetensors; do ln -s ../pylib/$n $n; done
+for nv in safetensors:0.4.1 huggingface_hub:0.25.2 transformers:4.36.0.dev0 diffusers:0.30.3 ftfy:6.1.1 accelerate:0.25.0 peft:0.12.0; do
+  n=${nv%%:*}; v=${nv##*:}; mkdir -p $n-$v.dist-info
+  printf 'Metadata-Version: 2.1\nName: %s\nVersion: %s\n' "$n" "$v" > $n-$v.dist-info/METADATA
+done
+echo "pylib-0.30 ok: $G/pylib-0.30"

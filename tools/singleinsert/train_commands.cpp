@@ -150,11 +150,14 @@ class StepLog {
 // Everything a run needs to be resumed with the same inputs.
 struct RunDescription {
   std::string model, image_sha256, mask_sha256, trigger, class_word, source_image, source_mask, parent_concept;
+  std::string unet_sha256, dtype;
   std::string training_json;
   std::string to_json() const {
     return nlohmann::json{{"model", model},
                           {"image_sha256", image_sha256},
                           {"mask_sha256", mask_sha256},
+                          {"unet_sha256", unet_sha256},
+                          {"dtype", dtype},
                           {"trigger", trigger},
                           {"class", class_word},
                           {"source_image", source_image},
@@ -163,7 +166,44 @@ struct RunDescription {
                           {"training", nlohmann::json::parse(training_json)}}
         .dump();
   }
+  // A resumed run must see the inputs, base model and dtype it started with, or it would not end
+  // where an uninterrupted run ends. (Checkpoints written before the model and dtype were
+  // recorded are checked on their inputs only.)
+  void require_same_as(const std::string& saved_json) const {
+    const auto saved = nlohmann::json::parse(saved_json);
+    if (saved.value("image_sha256", "") != image_sha256 || saved.value("mask_sha256", "") != mask_sha256)
+      throw Error("the image or mask changed since the interrupted run (their sha256 differ); start over with --overwrite");
+    const std::string saved_model = saved.value("unet_sha256", "");
+    if (!saved_model.empty() && saved_model != unet_sha256)
+      throw Error(fmt::format("the interrupted run trained on another base model (UNet sha256 {}, this one is {}); "
+                              "resume with its --model, or start over with --overwrite",
+                              saved_model.substr(0, 12), unet_sha256.substr(0, 12)));
+    const std::string saved_dtype = saved.value("dtype", "");
+    if (!saved_dtype.empty() && saved_dtype != dtype)
+      throw Error(fmt::format("the interrupted run computed in {}; resume it with --dtype {}", saved_dtype, saved_dtype));
+  }
 };
+
+// concept.json's record of a run, with what the run's description and the model already say.
+ConceptRecord concept_record(const RunDescription& run, const std::string& method, int stage, const ModelBundle& bundle,
+                             const at::Tensor& embedding) {
+  ConceptRecord record;
+  record.method = method;
+  record.stage = stage;
+  record.trigger = run.trigger;
+  record.class_word = run.class_word;
+  record.model_path = run.model;
+  record.unet_sha256 = run.unet_sha256;
+  record.image = run.source_image;
+  record.image_sha256 = run.image_sha256;
+  record.mask = run.source_mask;
+  record.mask_sha256 = run.mask_sha256;
+  record.training_json = run.training_json;
+  record.embedding_vectors = embedding.size(0);
+  record.embedding_width = embedding.size(1);
+  record.device = bundle.execution.device.str();
+  return record;
+}
 
 std::string previous_history(const std::string& concept_json) {
   const auto json = nlohmann::json::parse(concept_json);
@@ -185,6 +225,31 @@ at::Tensor render_preview(ModelBundle& bundle, const std::string& trigger, const
   std::vector<at::Tensor> tiles;
   for (int64_t i = 0; i < images.pixels.size(0); ++i) tiles.push_back(images.pixels[i]);
   return image_grid(tiles, 4, options.prompts);
+}
+
+// preview.png: the concept in a few prompts, drawn with what was just trained (the trigger's rows
+// set to the learned vectors; a LoRA being trained is still in the model).
+void write_preview(ConceptBuilder& builder, ModelBundle& bundle, const std::vector<std::string>& tokens,
+                   int64_t first_id, const at::Tensor& embedding, const std::string& class_word, int size, uint64_t seed) {
+  at::NoGradGuard no_grad;
+  if (first_id >= 0) {
+    auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
+    table.narrow(0, first_id, embedding.size(0)).copy_(embedding.to(table.device(), table.scalar_type()));
+  }
+  std::string subject = tokens[0];
+  for (size_t k = 1; k < tokens.size(); ++k) subject += " " + tokens[k];
+  write_png(builder.staged("preview.png"), render_preview(bundle, subject, class_word, size, seed));
+}
+
+// The end every method shares: concept.json, the folder moved into place, a line on stderr and
+// the folder on stdout.
+void finish_concept(ConceptBuilder& builder, const ConceptRecord& record, const std::string& out,
+                    const std::string& label, int steps, double seconds) {
+  builder.write_json(concept_json(record));
+  builder.commit();
+  std::fprintf(stderr, "%s: %d steps in %s, final loss %.5g\n", label.c_str(), steps, format_duration(seconds).c_str(),
+               record.history.empty() ? 0.0 : record.history.back().loss);
+  std::printf("%s\n", out.c_str());
 }
 
 // Every loss term of the history as a curve; a line where a stage begins.
@@ -304,58 +369,20 @@ void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const Trai
   if (!history.empty())
     write_png(builder.staged("loss.png"),
               plot_history(history, "SingleInsert losses (log scale; the line marks stage II)"));
-  if (args.preview) {
-    at::NoGradGuard no_grad;
-    auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
-    table[trigger_id].copy_(embedding[0].to(table.device(), table.scalar_type()));
-    write_png(builder.staged("preview.png"),
-              render_preview(bundle, r.run.trigger, r.run.class_word, r.config.resolution, r.config.seed));
-  }
+  if (args.preview)
+    write_preview(builder, bundle, {r.run.trigger}, trigger_id, embedding, r.run.class_word, r.config.resolution,
+                  r.config.seed);
 
-  auto final_losses = [&](int which) {
-    for (auto it = history.rbegin(); it != history.rend(); ++it)
-      if (it->stage == which) {
-        nlohmann::json losses = {{"loss", it->loss}};
-        for (const auto& [name, value] : it->terms) losses[name] = value;
-        return losses;
-      }
-    return nlohmann::json();
-  };
-  nlohmann::json concept = {
-      {"format_version", kConceptFormatVersion},
-      {"kind", "singleinsert-concept"},
-      {"method", "singleinsert"},
-      {"trigger", r.run.trigger},
-      {"class", r.run.class_word},
-      {"stage", stage},
-      {"base_model", {{"path", r.run.model}, {"unet_sha256", base_model_sha256(bundle)}}},
-      {"source",
-       {{"image_sha256", r.run.image_sha256},
-        {"mask_sha256", r.run.mask_sha256},
-        {"image", r.run.source_image},
-        {"mask", r.run.source_mask},
-        {"foreground_fraction", r.source.foreground_fraction}}},
-      {"training", nlohmann::json::parse(r.config.to_json())},
-      {"embedding", {{"file", "embedding.safetensors"}, {"width", embedding.size(1)}}},
-      {"wall_time_seconds", {{"stage1", stage == 1 ? seconds : earlier_seconds}, {"stage2", stage == 2 ? seconds : 0.0}}},
-      {"final_losses", {{"stage1", final_losses(1)}, {"stage2", final_losses(2)}}},
-      {"history", nlohmann::json::parse(history_json(history))},
-      {"device", bundle.execution.device.str()},
-      {"created_by", "singleinsert"}};
+  ConceptRecord record = concept_record(r.run, "singleinsert", stage, bundle, embedding);
+  record.foreground_fraction = r.source.foreground_fraction;
+  record.stage1_seconds = stage == 1 ? seconds : earlier_seconds;
+  record.stage2_seconds = stage == 2 ? seconds : 0.0;
+  record.history = std::move(history);
   if (stage == 2)
-    concept["lora"] = {{"file", "lora.safetensors"},
-                       {"layout", "diffusers-processor"},
-                       {"rank", r.config.lora_rank},
-                       {"alpha", r.config.lora_alpha},
-                       {"modules", trainer.lora_weights().size()},
-                       {"parent_concept", r.run.parent_concept}};
-  builder.write_json(concept.dump(2) + "\n");
-  builder.commit();
-  spdlog::info("stage {} finished in {}", stage == 1 ? "I" : "II", format_duration(seconds));
-  std::fprintf(stderr, "stage %s: %d steps in %s, final loss %.5g\n", stage == 1 ? "I" : "II",
-               stage == 1 ? r.config.stage1.steps : r.config.stage2.steps, format_duration(seconds).c_str(),
-               history.empty() ? 0.0 : history.back().loss);
-  std::printf("%s\n", args.out.c_str());
+    record.lora = ConceptRecord::Lora{r.config.lora_rank, r.config.lora_alpha, trainer.lora_weights().size(),
+                                      r.run.parent_concept};
+  finish_concept(builder, record, args.out, stage == 1 ? "stage I" : "stage II",
+                 stage == 1 ? r.config.stage1.steps : r.config.stage2.steps, seconds);
 }
 
 ClipVisionModel make_encoder(const TrainingConfig& config, int64_t text_width) {
@@ -372,13 +399,10 @@ std::optional<std::pair<TrainingState, std::string>> load_checkpoint_or_start_ov
   return saved;
 }
 
-// The last step's loss and terms, for concept.json's final_losses.
-nlohmann::json last_losses(const std::vector<StepRecord>& history) {
-  nlohmann::json losses = nlohmann::json::object();
-  if (history.empty()) return losses;
-  losses["loss"] = history.back().loss;
-  for (const auto& [name, value] : history.back().terms) losses[name] = value;
-  return losses;
+// A resumed run computes in the dtype it started with, unless --dtype says otherwise (which the
+// run's own check then refuses).
+void adopt_saved_dtype(TrainArgs& args, const std::optional<std::pair<TrainingState, std::string>>& saved) {
+  if (saved && !args.given("--dtype")) args.dtype = nlohmann::json::parse(saved->second).value("dtype", args.dtype);
 }
 
 // The methods here train the noise prediction; a model that predicts v would learn the wrong target.
@@ -456,7 +480,7 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
     if (args.given("--resolution")) config.resolution = args.resolution;
     if (args.given("--num-vectors")) config.num_vectors = args.num_vectors;
     if (args.given("--reg-weight")) config.reg_weight = args.reg_weight;
-    for (const char* flag : {"--bg-weight", "--encoder-weights", "--preview"})
+    for (const char* flag : {"--bg-weight", "--encoder-weights"})
       if (args.given(flag)) throw Error(fmt::format("{} is a SingleInsert setting; {} does not use it", flag, args.method));
     if (args.fast && args.method != "cross-init") throw Error("--fast is cross-init's fast version");
     config.validate();
@@ -482,13 +506,11 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
   RunDescription run;
   run.image_sha256 = sha256_of_file(args.image);
   run.mask_sha256 = args.mask.empty() ? "" : sha256_of_file(args.mask);
-  if (checkpoint) {
-    const auto previous = nlohmann::json::parse(saved->second);
-    if (previous.at("image_sha256") != run.image_sha256 || previous.at("mask_sha256") != run.mask_sha256)
-      throw Error("the image or mask changed since the interrupted run (their sha256 differ); start over with --overwrite");
-  }
   auto bundle = load_model_bundle(args.model.model, execution, args.model.sources);
   require_epsilon_prediction(*bundle, config.method);
+  run.unet_sha256 = base_model_sha256(*bundle);
+  run.dtype = args.dtype;
+  if (checkpoint) run.require_same_as(saved->second);
   auto& text_encoder = *bundle->text_encoder;
   // The start, from the model's own words (before the trigger's tokens exist).
   at::Tensor start;
@@ -566,32 +588,14 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
     write_png(builder.staged("mask.png"), resized.size(2) == 3 ? resized : resized.narrow(2, 0, 1).contiguous());
   }
   if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history, config.method + " loss (log scale)"));
-  nlohmann::json concept = {
-      {"format_version", kConceptFormatVersion},
-      {"kind", "singleinsert-concept"},
-      {"method", config.method},
-      {"trigger", args.trigger},
-      {"class", args.class_word},
-      {"stage", 1},
-      {"base_model", {{"path", run.model}, {"unet_sha256", base_model_sha256(*bundle)}}},
-      {"source",
-       {{"image_sha256", run.image_sha256},
-        {"mask_sha256", run.mask_sha256},
-        {"image", run.source_image},
-        {"mask", run.source_mask}}},
-      {"training", nlohmann::json::parse(config.to_json())},
-      {"init", init},
-      {"embedding", {{"file", "embedding.safetensors"}, {"width", embedding.size(1)}, {"vectors", embedding.size(0)}}},
-      {"wall_time_seconds", {{"stage1", seconds}, {"stage2", 0.0}}},
-      {"final_losses", {{"stage1", last_losses(history)}, {"stage2", nullptr}}},
-      {"history", nlohmann::json::parse(history_json(history))},
-      {"device", bundle->execution.device.str()},
-      {"created_by", "singleinsert"}};
-  builder.write_json(concept.dump(2) + "\n");
-  builder.commit();
-  std::fprintf(stderr, "%s: %d steps in %s, final loss %.5g\n", config.method.c_str(), config.steps,
-               format_duration(seconds).c_str(), history.empty() ? 0.0 : history.back().loss);
-  std::printf("%s\n", args.out.c_str());
+  if (args.preview)
+    write_preview(builder, *bundle, tokens, first_id, embedding, args.class_word, config.resolution, config.step.seed);
+
+  ConceptRecord record = concept_record(run, config.method, 1, *bundle, embedding);
+  record.init_json = init.dump();
+  record.stage1_seconds = seconds;
+  record.history = history;
+  finish_concept(builder, record, args.out, config.method, config.steps, seconds);
 }
 
 void run_invert(InvertArgs& args) {
@@ -600,17 +604,16 @@ void run_invert(InvertArgs& args) {
   auto saved = args.resume ? load_checkpoint_or_start_over(builder) : std::nullopt;
   // A resumed run continues with the method it was started with.
   if (saved) args.method = nlohmann::json::parse(saved->second).at("training").value("method", "singleinsert");
+  adopt_saved_dtype(args, saved);
   if (args.method != "singleinsert") return run_embedding_inversion(args, builder, saved);
   for (const char* flag : {"--num-vectors", "--init-word", "--init-names", "--init-words", "--reg-weight", "--fast"})
     if (args.given(flag)) throw Error(fmt::format("{} is not a SingleInsert setting (see --method)", flag));
   const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   std::optional<TrainingState> checkpoint;
-  nlohmann::json saved_run;
   StageRun r;
   r.config.apply_json(preset_json(args.preset), args.preset);
   if (saved) {
     const auto run = nlohmann::json::parse(saved->second);
-    saved_run = run;
     r.config = TrainingConfig();
     r.config.apply_json(run.at("training").dump(), "checkpoint");
     checkpoint = saved->first;
@@ -630,11 +633,10 @@ void run_invert(InvertArgs& args) {
   SourceImages images{load_picture(args.image, "image"), load_picture(args.mask, "mask")};
   r.run.image_sha256 = sha256_of_file(args.image);
   r.run.mask_sha256 = sha256_of_file(args.mask);
-  if (checkpoint) {
-    if (saved_run.at("image_sha256") != r.run.image_sha256 || saved_run.at("mask_sha256") != r.run.mask_sha256)
-      throw Error("the image or mask changed since the interrupted run (their sha256 differ); start over with --overwrite");
-  }
   r.bundle = load_model_bundle(args.model.model, execution, args.model.sources);
+  r.run.unet_sha256 = base_model_sha256(*r.bundle);
+  r.run.dtype = args.dtype;
+  if (checkpoint) r.run.require_same_as(saved->second);
   if (r.bundle->tokenizer.is_vocabulary_token(args.trigger) || r.bundle->tokenizer.is_vocabulary_token(args.trigger + "</w>"))
     spdlog::warn("the trigger '{}' is also a word of the model's vocabulary; in prompts with this concept it will "
                  "mean the concept (choose another with --trigger if that is a problem)",
@@ -723,14 +725,24 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
   validate_trigger(args.trigger, "--trigger");
   const at::Tensor image = load_picture(args.image, "image");
   const std::string image_sha256 = sha256_of_file(args.image);
-  if (saved && nlohmann::json::parse(saved->second).value("image_sha256", "") != image_sha256)
-    throw Error("the image changed since the interrupted run (its sha256 differs); start over with --overwrite");
   auto bundle = load_model_bundle(args.model.model, execution, args.model.sources);
   require_epsilon_prediction(*bundle, "dreambooth-lora");
   const std::string model_hash = base_model_sha256(*bundle);
   if (parent && !parent->base_model_sha256.empty() && parent->base_model_sha256 != model_hash)
     throw Error(fmt::format("{}: trained on another base model (its UNet sha256 {} differs from {}'s {})", args.concept,
                             parent->base_model_sha256.substr(0, 12), args.model.model, model_hash.substr(0, 12)));
+  RunDescription run;
+  run.model = args.model.model;
+  run.trigger = args.trigger;
+  run.class_word = args.class_word;
+  run.source_image = fs::absolute(args.image).string();
+  run.image_sha256 = image_sha256;
+  run.unet_sha256 = model_hash;
+  run.dtype = args.dtype;
+  run.parent_concept = args.concept.empty() ? "" : fs::absolute(args.concept).string();
+  run.training_json = config.to_json();
+  if (saved) run.require_same_as(saved->second);
+  const std::string run_json = run.to_json();
   if (bundle->tokenizer.encode(args.class_word).empty())
     throw Error(fmt::format("the class word '{}' tokenizes to nothing", args.class_word));
   const int64_t factor = bundle->vae_scale_factor();
@@ -802,15 +814,6 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
   const at::Tensor square = square_image(image, CropMode::kCenter, args.image);
   const at::Tensor pixels = to_signed_unit_tensor(pil_resize_bilinear(square, config.resolution, config.resolution));
 
-  RunDescription run;
-  run.model = args.model.model;
-  run.trigger = args.trigger;
-  run.class_word = args.class_word;
-  run.source_image = fs::absolute(args.image).string();
-  run.image_sha256 = image_sha256;
-  run.parent_concept = args.concept.empty() ? "" : fs::absolute(args.concept).string();
-  run.training_json = config.to_json();
-  const std::string run_json = run.to_json();
 
   DreamBoothLora method(base_model(*bundle), config, pixels, class_pixels, instance_ids, class_ids, first_id, vectors,
                         checkpoint ? &checkpoint->lora : nullptr);
@@ -827,40 +830,20 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
   if (parent && fs::exists(parent->mask_file())) fs::copy_file(parent->mask_file(), builder.staged("mask.png"));
   if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history, "dreambooth-lora loss (log scale)"));
   fs::remove_all(fs::path(builder.staging()) / "class_images");
-  double stage1_seconds = 0;
+  if (args.preview)
+    write_preview(builder, *bundle, tokens, first_id, embedding, args.class_word, config.resolution, config.step.seed);
+
+  ConceptRecord record = concept_record(run, "dreambooth-lora", 2, *bundle, embedding);
   if (parent) {
     const auto parent_json = nlohmann::json::parse(parent->json);
     if (parent_json.contains("wall_time_seconds") && parent_json["wall_time_seconds"].is_object())
-      stage1_seconds = parent_json["wall_time_seconds"].value("stage1", 0.0);
+      record.stage1_seconds = parent_json["wall_time_seconds"].value("stage1", 0.0);
   }
-  nlohmann::json concept = {
-      {"format_version", kConceptFormatVersion},
-      {"kind", "singleinsert-concept"},
-      {"method", "dreambooth-lora"},
-      {"trigger", args.trigger},
-      {"class", args.class_word},
-      {"stage", 2},
-      {"base_model", {{"path", run.model}, {"unet_sha256", model_hash}}},
-      {"source", {{"image_sha256", run.image_sha256}, {"image", run.source_image}}},
-      {"training", nlohmann::json::parse(config.to_json())},
-      {"embedding", {{"file", "embedding.safetensors"}, {"width", embedding.size(1)}, {"vectors", embedding.size(0)}}},
-      {"wall_time_seconds", {{"stage1", stage1_seconds}, {"stage2", seconds}}},
-      {"final_losses", {{"stage1", nullptr}, {"stage2", last_losses(history)}}},
-      {"history", nlohmann::json::parse(history_json(history))},
-      {"lora",
-       {{"file", "lora.safetensors"},
-        {"layout", "diffusers-processor"},
-        {"rank", config.lora_rank},
-        {"alpha", config.lora_rank},
-        {"modules", lora.size()},
-        {"parent_concept", run.parent_concept}}},
-      {"device", bundle->execution.device.str()},
-      {"created_by", "singleinsert"}};
-  builder.write_json(concept.dump(2) + "\n");
-  builder.commit();
-  std::fprintf(stderr, "dreambooth-lora: %d steps in %s, final loss %.5g\n", config.steps,
-               format_duration(seconds).c_str(), history.empty() ? 0.0 : history.back().loss);
-  std::printf("%s\n", args.out.c_str());
+  record.stage2_seconds = seconds;
+  record.history = history;
+  record.lora = ConceptRecord::Lora{config.lora_rank, static_cast<double>(config.lora_rank), lora.size(),
+                                    run.parent_concept};
+  finish_concept(builder, record, args.out, "dreambooth-lora", config.steps, seconds);
 }
 
 void run_finetune(FinetuneArgs& args) {
@@ -872,6 +855,7 @@ void run_finetune(FinetuneArgs& args) {
       builder.emplace(args.out, args.overwrite, args.resume);
       saved = load_checkpoint_or_start_over(*builder);
       if (saved) args.method = nlohmann::json::parse(saved->second).at("training").value("method", "singleinsert");
+      adopt_saved_dtype(args, saved);
     }
     if (args.method == "dreambooth-lora") {
       if (!builder) builder.emplace(args.out, args.overwrite, args.resume);
@@ -881,7 +865,6 @@ void run_finetune(FinetuneArgs& args) {
   for (const char* flag : {"--image", "--class", "--trigger", "--prior-images", "--train-text-encoder"})
     if (args.given(flag)) throw Error(fmt::format("{} is a dreambooth-lora setting (see --method)", flag));
   if (args.concept.empty()) throw Error("--concept is required (the stage I concept to finetune)");
-  const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   const Concept parent = Concept::load(args.concept);
   if (parent.method != "singleinsert")
     throw Error(fmt::format("{}: trained with {}; finetune --method singleinsert continues a SingleInsert stage I "
@@ -896,6 +879,8 @@ void run_finetune(FinetuneArgs& args) {
   r.config.apply_json(parent_json.at("training").dump(), args.concept + "/concept.json");
   std::optional<TrainingState> checkpoint;
   auto saved = args.resume ? load_checkpoint_or_start_over(builder) : std::nullopt;
+  adopt_saved_dtype(args, saved);
+  const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   if (saved) {
     r.config = TrainingConfig();
     r.config.apply_json(nlohmann::json::parse(saved->second).at("training").dump(), "checkpoint");
@@ -933,6 +918,9 @@ void run_finetune(FinetuneArgs& args) {
   r.run.source_image = parent_json.at("source").value("image", "");
   r.run.source_mask = parent_json.at("source").value("mask", "");
   r.run.training_json = r.config.to_json();
+  r.run.unet_sha256 = model_hash;
+  r.run.dtype = args.dtype;
+  if (checkpoint) r.run.require_same_as(saved->second);
   const double stage1_seconds = parent_json.at("wall_time_seconds").value("stage1", 0.0);
   train_and_write(r, 2, builder, args, checkpoint, stage1_seconds);
 }

@@ -74,6 +74,32 @@ class ConceptBuilder {
   bool committed_ = false;
 };
 
+// What concept.json says of a finished run, whatever the method; concept_json writes it and
+// Concept::load reads it back.
+struct ConceptRecord {
+  std::string method = "singleinsert";
+  std::string trigger, class_word;
+  int stage = 1;
+  std::string model_path, unet_sha256;  // the base model as given, and its UNet file's sha256
+  std::string image, image_sha256;      // the source photo as given (absolute path)
+  std::string mask, mask_sha256;        // empty when the method ran without a mask
+  std::optional<double> foreground_fraction;
+  std::string training_json;            // the method's settings, as its config writes them
+  std::string init_json;                // how the embedding started (textual inversion, Cross Initialization)
+  int64_t embedding_vectors = 1, embedding_width = 0;
+  double stage1_seconds = 0, stage2_seconds = 0;
+  std::vector<StepRecord> history;      // every stage's rows, stage I's first
+  struct Lora {
+    int64_t rank = 0;
+    double alpha = 0;
+    size_t modules = 0;
+    std::string parent_concept;         // the stage I concept it continued, if any
+  };
+  std::optional<Lora> lora;             // stage II
+  std::string device;
+};
+std::string concept_json(const ConceptRecord& record);
+
 // The history of a run as JSON rows and back (stored in concept.json and checkpoints).
 std::string history_json(const std::vector<StepRecord>& history);
 std::vector<StepRecord> parse_history(const std::string& json);
