@@ -114,6 +114,22 @@ def main():
         print(f"| (text floor) | {cell([x['success'] for x in t], 3)} | {cell([x['closeness']['whole'] for x in t])} | "
               f"{cell([x['closeness']['hidden'] for x in t])} |")
 
+    # Head to head, identity by identity: SingleInsert as shipped against every other method.
+    by_identity = {key: {r["concept"].split(os.sep)[-2]: r for r in rows[key]} for key, _ in VARIANTS}
+    others = [(key, name) for key, name in VARIANTS if key in ("ti", "ti-db", "ci") and by_identity[key]]
+    if by_identity["s2-sm"] and others:
+        print("\nHead to head, identity by identity: SingleInsert (II: L_fg + L_bg + L_sm) higher / equal / lower:\n")
+        print("| against | identities | ESR | closeness | hidden part |")
+        print("|---|---|---|---|---|")
+        for key, name in others:
+            pairs = [(by_identity["s2-sm"][i], r) for i, r in by_identity[key].items() if i in by_identity["s2-sm"]]
+
+            def tally(get):
+                a = [get(x) - get(y) for x, y in pairs]
+                return f"{sum(d > 1e-9 for d in a)} / {sum(abs(d) <= 1e-9 for d in a)} / {sum(d < -1e-9 for d in a)}"
+            print(f"| {name} | {len(pairs)} | {tally(lambda x: x['esr'])} | {tally(lambda x: x['closeness']['whole'])} | "
+                  f"{tally(lambda x: x['closeness']['hidden'])} |")
+
     if composes:
         print("\nComposition (a face concept and a cup concept learned apart, in one prompt; recognised = "
               "nearer to its source than to each of 9 other identities in the same scene):\n")
