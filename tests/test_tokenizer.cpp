@@ -6,7 +6,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "cli_runner.h"
 #include "golden.h"
+#include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
 #include "singleinsert/models/clip_tokenizer.h"
 #include "singleinsert/models/text_normalizer.h"
@@ -87,6 +89,23 @@ TEST(ClipTokenizer, CopiesShareTheVocabularyButNotTheAddedTokens) {
   const auto plain = original.encode("a <toy> cat");  // "<", "toy", ">" as ordinary tokens
   EXPECT_EQ(std::count(plain.begin(), plain.end(), 49408), 0);
   EXPECT_EQ(plain.size(), 5u);
+}
+
+TEST(ClipTokenizer, AddedTokenIdsMustBeWholeNumbers) {
+  // A float id beyond int64's range cannot be converted; the file is refused by name.
+  const std::string dir = testing::fresh_temp_dir("added_tokens");
+  for (const char* file : {"vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"})
+    write_file_atomic(dir + "/" + file, read_file(testing::golden_path(std::string("sd_tiny/tokenizer/") + file)));
+  write_file_atomic(dir + "/added_tokens.json", R"({"<toy>": 49408})");
+  EXPECT_TRUE(ClipTokenizer::load(dir).is_added_token("<toy>"));
+  write_file_atomic(dir + "/added_tokens.json", R"({"<toy>": 1e30})");
+  try {
+    ClipTokenizer::load(dir);
+    ADD_FAILURE() << "a float id was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("the id of '<toy>' is 1e+30, not a whole number"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(TextNormalizer, AppliesFtfyFixes) {

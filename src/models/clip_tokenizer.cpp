@@ -200,7 +200,12 @@ ClipTokenizer ClipTokenizer::load(const std::string& directory) {
   if (fs::exists(dir / "added_tokens.json")) {
     const nlohmann::json added = read_json((dir / "added_tokens.json").string());
     std::vector<std::pair<int64_t, std::string>> by_id;
-    for (const auto& [token, id] : added.items()) by_id.emplace_back(id.get<int64_t>(), token);
+    for (const auto& [token, id] : added.items()) {
+      if (!id.is_number_integer())  // a float beyond int64's range would not convert
+        throw Error(fmt::format("{}: the id of '{}' is {}, not a whole number", (dir / "added_tokens.json").string(),
+                                token, id.dump()));
+      by_id.emplace_back(id.get<int64_t>(), token);
+    }
     std::sort(by_id.begin(), by_id.end());
     for (const auto& [id, token] : by_id) {
       if (tokenizer.has_token(token)) continue;

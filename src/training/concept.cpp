@@ -137,9 +137,10 @@ Concept Concept::load(const std::string& path) {
   nlohmann::json info;
   try {
     info = nlohmann::json::parse(concept.json);
-    if (info.value("format_version", 0) > kConceptFormatVersion)
-      throw Error(fmt::format("{}: concept format {} is newer than this singleinsert reads ({})", path,
-                              info.value("format_version", 0), kConceptFormatVersion));
+    const int format = info.contains("format_version") ? int_field(info, "format_version", "concept.json") : 0;
+    if (format > kConceptFormatVersion)
+      throw Error(fmt::format("{}: concept format {} is newer than this singleinsert reads ({})", path, format,
+                              kConceptFormatVersion));
     concept.trigger = info.at("trigger").get<std::string>();
     concept.class_word = info.at("class").get<std::string>();
     concept.method = info.value("method", "singleinsert");
