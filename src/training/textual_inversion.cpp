@@ -20,14 +20,13 @@ namespace singleinsert {
 
 void EmbeddingInversionConfig::apply_json(const std::string& text, const std::string& origin) {
   const JsonConfig json = JsonConfig::parse(text, origin);
-  const std::string preset_method = json.get_string("method", method);
-  if (preset_method != "textual-inversion" && preset_method != "cross-init")
-    throw Error(fmt::format("{}: a {} preset, not textual-inversion or cross-init", origin, preset_method));
+  method = json.get_string("method", method);
+  if (method != "textual-inversion" && method != "cross-init")
+    throw Error(fmt::format("{}: a {} preset, not textual-inversion or cross-init", origin, method));
   std::vector<std::string> known = {"description", "method", "resolution", "steps", "batch", "learning_rate",
                                      "scale_lr", "num_vectors", "flip_p", "templates", "subject", "reg_weight"};
   known.insert(known.end(), StepSettings::keys().begin(), StepSettings::keys().end());
   json.require_known_keys(known);
-  method = json.get_string("method", method);
   resolution = json.get_int("resolution", resolution);
   steps = json.get_int("steps", steps);
   batch = json.get_int("batch", batch);

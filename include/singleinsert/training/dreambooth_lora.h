@@ -81,7 +81,6 @@ class DreamBoothLora : public TrainingMethod {
  private:
   at::Tensor prompt_states(const at::Tensor& ids);  // [1, L, D] under the run's precision
 
-
   BaseModel base_;
   DreamBoothLoraConfig config_;
   NoiseSchedule schedule_;
