@@ -1,0 +1,41 @@
+#pragma once
+// transformers' CLIPModel, as metric models ship it (openai/clip-vit-base-patch32, ...): the text
+// and vision towers, their projections into one embedding space and logit_scale. One folder:
+// config.json (text_config, vision_config, projection_dim) and model.safetensors, keyed
+// text_model.*, vision_model.*, text_projection.weight, visual_projection.weight, logit_scale.
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "singleinsert/metrics/image_processing.h"
+#include "singleinsert/models/clip_text_model.h"
+#include "singleinsert/models/clip_vision_model.h"
+
+namespace singleinsert {
+
+class ClipModel {
+ public:
+  // Reads `folder` (a transformers CLIPModel folder; preprocessor_config.json is optional) into
+  // `dtype`. Throws Error naming the folder for another kind of model or a missing tensor.
+  static ClipModel load(const std::string& folder, at::ScalarType dtype = at::kFloat);
+
+  at::Tensor text_features(const at::Tensor& input_ids);  // [B, L] int64 -> [B, projection_dim]
+  at::Tensor image_features(const at::Tensor& pixels);    // [B, 3, S, S] normalised -> [B, projection_dim]
+  // CLIPModel's logits_per_image: logit_scale.exp() * cosine, [images, texts].
+  at::Tensor logits_per_image(const at::Tensor& image_features, const at::Tensor& text_features) const;
+
+  const ImageProcessor& processor() const { return processor_; }
+  const ClipTextConfig& text_config() const { return text_->config(); }
+  const ClipVisionConfig& vision_config() const { return vision_->config(); }
+  double logit_scale() const { return logit_scale_; }
+
+ private:
+  ClipModel() = default;
+  ClipTextModel text_{nullptr};
+  ClipVisionModel vision_{nullptr};  // its visual_projection is CLIPModel's
+  Linear text_projection_{nullptr};
+  double logit_scale_ = 0;
+  ImageProcessor processor_;
+};
+
+}  // namespace singleinsert

@@ -1,0 +1,127 @@
+// The metric models of `eval images` against the reference code (tests/data/metrics, made by
+// tests/reference/gen_metric_models.py): transformers' CLIPModel and CLIPImageProcessor, its
+// ViTModel (DINO's architecture), and lpips.LPIPS(net='alex') v0.1.
+#include <gtest/gtest.h>
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "golden.h"
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+#include "singleinsert/core/safetensors.h"
+#include "singleinsert/metrics/clip_model.h"
+#include "singleinsert/metrics/lpips.h"
+#include "singleinsert/metrics/vit_model.h"
+
+namespace fs = std::filesystem;
+
+namespace singleinsert {
+namespace {
+
+// Measured: at most 5.2e-7 (CLIP's text features); float32 rounding allows no tighter a common bound.
+constexpr double kFp32Tolerance = 2e-6;
+
+std::string metrics_data(const std::string& name) {
+  return (fs::path(SINGLEINSERT_SOURCE_DIR) / "tests" / "data" / "metrics" / name).string();
+}
+
+SafetensorsFile golden() { return SafetensorsFile::open(metrics_data("metrics_golden.safetensors")); }
+
+TEST(MetricModels, ClipModelMatchesTransformers) {
+  ClipModel clip = ClipModel::load(metrics_data("clip_tiny"));
+  const SafetensorsFile io = golden();
+  const at::Tensor text = clip.text_features(io.tensor("clip.input_ids"));
+  const at::Tensor image = clip.image_features(io.tensor("clip.pixel_values"));
+  EXPECT_TENSOR_NEAR_REL(text, io.tensor("clip.text_embeds"), kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(image, io.tensor("clip.image_embeds"), kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(clip.logits_per_image(image, text), io.tensor("clip.logits_per_image"), kFp32Tolerance);
+  EXPECT_NEAR(clip.logit_scale(), 2.9, 1e-3);  // the golden's, rounded to float16
+}
+
+TEST(MetricModels, ClipImageProcessorMatchesTransformers) {
+  const ClipModel clip = ClipModel::load(metrics_data("clip_tiny"));
+  const SafetensorsFile io = golden();
+  // 77x53 (not square): shortest edge to 32 with PIL bicubic, centre crop, CLIP's mean and std.
+  EXPECT_TENSOR_NEAR_ABS(clip.processor()(io.tensor("clip.processor_input")), io.tensor("clip.processor_output"),
+                         0.0);
+}
+
+TEST(MetricModels, DinoVitMatchesTransformers) {
+  LoadedVit dino = load_vit_model(metrics_data("dino_tiny"));
+  const SafetensorsFile io = golden();
+  const at::Tensor pixels = io.tensor("dino.pixel_values");
+  EXPECT_TENSOR_NEAR_REL(dino.model->forward(pixels), io.tensor("dino.last_hidden_state"), kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(dino.model->features(pixels), io.tensor("dino.last_hidden_state").select(1, 0),
+                         kFp32Tolerance);
+}
+
+TEST(MetricModels, LpipsMatchesReference) {
+  Lpips lpips = load_lpips(metrics_data("lpips_alex.safetensors"));
+  const SafetensorsFile io = golden();
+  const at::Tensor a = io.tensor("lpips.in0"), b = io.tensor("lpips.in1");
+  EXPECT_TENSOR_NEAR_REL(lpips->per_layer(a, b), io.tensor("lpips.per_layer"), kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(lpips->forward(a, b), io.tensor("lpips.distance"), kFp32Tolerance);
+  EXPECT_TENSOR_NEAR_REL(lpips->forward(io.tensor("lpips.in2"), io.tensor("lpips.in3")),
+                         io.tensor("lpips.distance_96x80"), kFp32Tolerance);
+  // The three pairs differ by noise of growing strength: so must the distances.
+  const at::Tensor d = io.tensor("lpips.distance");
+  EXPECT_LT(d[0].item<float>(), d[1].item<float>());
+  EXPECT_LT(d[1].item<float>(), d[2].item<float>());
+  EXPECT_EQ(lpips->forward(a, a).abs().max().item<float>(), 0.0f);
+}
+
+// A copy of a golden folder with one file changed, for the loaders' refusals.
+struct BrokenFolder {
+  fs::path path;
+  explicit BrokenFolder(const std::string& source) {
+    path = fs::temp_directory_path() / ("singleinsert-metrics-" + std::to_string(::testing::UnitTest::GetInstance()
+                                                                                     ->random_seed()) +
+                                        "-" + ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(path);
+    fs::copy(metrics_data(source), path, fs::copy_options::recursive);
+  }
+  ~BrokenFolder() { fs::remove_all(path); }
+};
+
+void expect_error_mentioning(const std::function<void()>& load, const std::string& needle) {
+  try {
+    load();
+    ADD_FAILURE() << "no error; expected one mentioning " << needle;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << "not one line: " << e.what();
+  }
+}
+
+TEST(MetricModels, RefuseAFolderOfAnotherKind) {
+  expect_error_mentioning([] { ClipModel::load(metrics_data("dino_tiny")); }, "model_type 'vit' is not a CLIP model");
+  expect_error_mentioning([] { load_vit_model(metrics_data("clip_tiny")); }, "model_type 'clip' is not a ViT");
+  expect_error_mentioning([] { load_lpips(metrics_data("clip_tiny")); }, "a folder");
+  expect_error_mentioning([] { load_lpips(metrics_data("clip_tiny/model.safetensors")); }, "net.slice1.0.weight");
+  expect_error_mentioning([] { ClipModel::load(metrics_data("no_such_folder")); }, "not a folder");
+}
+
+TEST(MetricModels, NameAMissingTensor) {
+  // The DINO weights without one layer's query projection.
+  BrokenFolder dino("dino_tiny");
+  const SafetensorsFile file = SafetensorsFile::open((dino.path / "model.safetensors").string());
+  NamedTensors kept;
+  for (const std::string& key : file.keys())
+    if (key != "encoder.layer.1.attention.attention.query.weight") kept.emplace_back(key, file.tensor(key));
+  save_safetensors((dino.path / "model.safetensors").string(), kept);
+  expect_error_mentioning([&] { load_vit_model(dino.path.string()); }, "encoder.layer.1.attention.attention.query.weight");
+
+  BrokenFolder clip("clip_tiny");
+  const SafetensorsFile clip_file = SafetensorsFile::open((clip.path / "model.safetensors").string());
+  NamedTensors clip_kept;
+  for (const std::string& key : clip_file.keys())
+    if (key != "text_projection.weight") clip_kept.emplace_back(key, clip_file.tensor(key));
+  save_safetensors((clip.path / "model.safetensors").string(), clip_kept);
+  expect_error_mentioning([&] { ClipModel::load(clip.path.string()); }, "text_projection.weight");
+}
+
+}  // namespace
+}  // namespace singleinsert
