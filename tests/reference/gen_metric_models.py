@@ -1,6 +1,7 @@
 """Goldens for the metric models of `singleinsert eval images`: tests/data/metrics/.
 
   clip_tiny/              transformers CLIPModel (text and vision towers, both projections, logit_scale), tiny random
+                          (its 1025-word vocabulary is the toy world tokenizer's size, so that tests can tokenize with it),
                           config, save_pretrained layout (config.json, model.safetensors, preprocessor_config.json)
   dino_tiny/              transformers ViTModel (DINO's architecture: gelu, layer_norm_eps 1e-12, qkv bias, with its
                           pooler, which DINO features do not use), tiny random config, save_pretrained layout
@@ -65,7 +66,7 @@ def save_half(model, folder, weights_name="model.safetensors"):
 
 def clip_golden(generator, tensors):
     config = CLIPConfig(
-        text_config=dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        text_config=dict(vocab_size=1025, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
                          num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
                          eos_token_id=2),
         vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
@@ -84,10 +85,10 @@ def clip_golden(generator, tensors):
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     processor.save_pretrained(folder)
 
-    ids = torch.randint(3, 990, (3, 77), generator=generator)
-    ids[0, 9] = 999  # pooled at the highest id (eos_token_id 2: transformers' legacy rule)
-    ids[1, 40] = 999
-    ids[2, 76] = 999
+    ids = torch.randint(3, 1015, (3, 77), generator=generator)
+    ids[0, 9] = 1024  # pooled at the highest id (eos_token_id 2: transformers' legacy rule)
+    ids[1, 40] = 1024
+    ids[2, 76] = 1024
     pixels = torch.randn(2, 3, 32, 32, generator=generator)
     with torch.no_grad():
         out = model(input_ids=ids, pixel_values=pixels)

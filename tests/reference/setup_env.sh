@@ -43,6 +43,9 @@ ex peft            "$M/huggingface+peft/repo"                v0.7.0             
 ex CrossInitialization "$M/lyuPang+CrossInitialization/repo" 0b1e39a6740a0152ad78a07b5ef99c9967687ad1 \
    train_cross_init.py utils.py textual_inversion_dataset.py test_cross_init.py models/__init__.py models/clip_model.py \
    examples/wiki_names_v2.txt README.md requirements.txt LICENSE
+# LPIPS's reference implementation for gen_metric_models.py (lpips 0.1.4; its package folder and the lin heads it
+# ships in lpips/weights), put on sys.path by that script
+ex PerceptualSimilarity "$M/richzhang+PerceptualSimilarity/repo" 082bb24f84c091ea94de2867d34c4544f68e0963 lpips
 # PYTHONPATH dir: symlinks + pure-Python safetensors core + minimal dist-info so importlib.metadata
 # version checks (transformers/diffusers dependency_versions_check) pass.
 rm -rf "$G/pylib" && mkdir -p "$G/pylib" && cd "$G/pylib"
