@@ -13,6 +13,8 @@
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/metrics/clip_model.h"
+#include "singleinsert/metrics/concept_metrics.h"
+#include "singleinsert/metrics/editing_prompts.h"
 #include "singleinsert/metrics/lpips.h"
 #include "singleinsert/metrics/vit_model.h"
 
@@ -121,6 +123,35 @@ TEST(MetricModels, NameAMissingTensor) {
     if (key != "text_projection.weight") clip_kept.emplace_back(key, clip_file.tensor(key));
   save_safetensors((clip.path / "model.safetensors").string(), clip_kept);
   expect_error_mentioning([&] { ClipModel::load(clip.path.string()); }, "text_projection.weight");
+}
+
+TEST(ConceptMetrics, RegionsKeepTheirPixelsAndFillTheRestWithGrey) {
+  const at::Tensor pixels = at::randint(0, 256, {4, 5, 3}, at::kByte);
+  at::Tensor mask = at::zeros({4, 5}, at::kByte);
+  mask.index_put_({1, 2}, 255);
+  mask.index_put_({3, 0}, 128);  // above half: inside
+  mask.index_put_({0, 0}, 127);  // not above half: outside
+  const at::Tensor foreground = region_image(pixels, mask, true), background = region_image(pixels, mask, false);
+  for (int64_t y = 0; y < 4; ++y)
+    for (int64_t x = 0; x < 5; ++x) {
+      const bool inside = (y == 1 && x == 2) || (y == 3 && x == 0);
+      const at::Tensor grey = at::full({3}, kRegionFill, at::kByte);
+      EXPECT_TRUE(at::equal(foreground[y][x], inside ? pixels[y][x] : grey)) << y << "," << x;
+      EXPECT_TRUE(at::equal(background[y][x], inside ? grey : pixels[y][x])) << y << "," << x;
+    }
+}
+
+TEST(ConceptMetrics, EditingPromptsMatchWithTheTriggerAndDropItForClipT) {
+  const std::string path = (fs::temp_directory_path() / "singleinsert-editing-list.json").string();
+  write_file_atomic(path, R"({"prompts": [{"prompt": "a photo of * face wearing a hat",
+                                           "edits": [{"name": "hat", "present": "a face wearing a hat",
+                                                      "absent": "a face"}]}]})");
+  const EditingPromptList list = EditingPromptList::load(path);
+  fs::remove(path);
+  ASSERT_NE(list.find("A photo of  <v> face wearing a hat ", "<v>"), nullptr);
+  EXPECT_EQ(list.find("a photo of <v> face wearing a hat", "<w>"), nullptr);
+  EXPECT_EQ(list.find("a photo of <v> face wearing sunglasses", "<v>"), nullptr);
+  EXPECT_EQ(prompt_without_trigger("a photo of a * face wearing a hat", "*"), "a photo of a face wearing a hat");
 }
 
 }  // namespace

@@ -429,12 +429,13 @@ void add_compose(CLI::App& eval) {
 }  // namespace
 
 void add_eval_command(CLI::App& app) {
-  CLI::App* eval = app.add_subcommand("eval", "World-aware metrics: the detector and what models draw");
+  CLI::App* eval = app.add_subcommand("eval", "Metrics: the paper's figures on real images (images), and the toy world's detector and what models draw");
   eval->require_subcommand(1);
   add_train_detector(*eval);
   add_adherence(*eval);
   add_concept(*eval);
   add_compose(*eval);
+  add_eval_images_command(*eval);
 }
 
 }  // namespace singleinsert::cli

@@ -46,6 +46,7 @@ int main(int argc, char** argv) {
   singleinsert::cli::add_world_command(app);
   singleinsert::cli::add_train_base_command(app);
   singleinsert::cli::add_eval_command(app);
+  singleinsert::cli::add_report_command(app);
 
   try {
     app.parse(argc, argv);
