@@ -81,7 +81,8 @@ TEST(EvalImages, PrintsTheSevenFiguresForTheToyWorldDemoConcept) {
   const std::string images = testing::fresh_temp_dir("eval_images_set");
   for (const auto& entry : fs::directory_iterator(run.images)) fs::copy(entry.path(), images + "/" + entry.path().filename().string());
   fs::copy(run.concept_dir + "/source.png", images + "/source_copy.png");
-  const std::string json = images + "/../eval_images_set.json";
+  const std::string work = testing::fresh_temp_dir("eval_images_out");
+  const std::string json = work + "/scores.json";
   const auto result = testing::run_cli(eval_args(run, images, json));
   ASSERT_EQ(result.exit_code, 0) << result.err;
   for (const char* name : {"CLIP-I-f", "CLIP-I-b", "DINO-f", "DINO-b", "CLIP-T", "DIV", "ESR"})
@@ -115,7 +116,7 @@ TEST(EvalImages, PrintsTheSevenFiguresForTheToyWorldDemoConcept) {
   EXPECT_NEAR(figure_line(result.out, "ESR"), scores.at("esr").get<double>(), 1e-4);
 
   // Its report: one self-contained page with the source, the mask, the generations and the curves.
-  const std::string page = images + "/../report.html";
+  const std::string page = work + "/report.html";
   const auto report = testing::run_cli({"report", "--concept", run.concept_dir, "--eval", json, "--out", page});
   ASSERT_EQ(report.exit_code, 0) << report.err;
   const std::string html = read_file(page);
