@@ -14,6 +14,8 @@
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/io/png.h"
+#include "singleinsert/world/clip_training.h"
+#include "singleinsert/world/scene.h"
 
 namespace fs = std::filesystem;
 
@@ -192,6 +194,50 @@ TEST(EvalImages, RefusesBadInputWithOneLineAndWritesNothing) {
   write_file_atomic(dir + "/other.json", "{\"esr\": 1}");
   expect_refused({"report", "--concept", run.concept_dir, "--eval", dir + "/other.json", "--out", dir + "/r.html"},
                  dir + "/r.html", "not a record of `eval images --json`");
+}
+
+TEST(WorldJudge, EditsReadFromTheTruthOfRenders) {
+  // Each edit of the world's editing list is shown by the scene it is applied to and not by the
+  // plain source, and the truth is read from the labels the detector trains on.
+  const std::string list = read_file(kSource + "/assets/editing_prompts/world.json");
+  const nlohmann::json json = nlohmann::json::parse(list);
+  int checked = 0;
+  for (const nlohmann::json& prompt : json.at("prompts"))
+    for (const nlohmann::json& edit : prompt.at("edits")) {
+      const std::string name = edit.at("name");
+      world::Scene source = world::source_scene(world::sample_identity(world::kHeldOutIdentitySeed + 1), 0);
+      world::Scene edited = source;
+      world::apply_edit(edited, name);
+      EXPECT_TRUE(world::edit_shown(world::attribute_map(edited), name)) << name;
+      EXPECT_FALSE(world::edit_shown(world::attribute_map(source), name)) << name;
+      ++checked;
+    }
+  EXPECT_EQ(checked, 14);
+}
+
+TEST(WorldJudge, TrainsAClipThatEvalImagesAndJudgeRead) {
+  const DemoRun& run = demo_run();
+  const std::string dir = testing::fresh_temp_dir("world_clip");
+  const auto trained = testing::run_cli({"eval", "train-clip", "--tokenizer", run.tokenizer, "--out", dir + "/clip",
+                                         "--steps", "2", "--batch-size", "4", "--width", "16", "--layers", "1"});
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  EXPECT_NE(trained.out.find("final_loss\t"), std::string::npos) << trained.out;
+  // The folder has its tokenizer: eval images needs no --clip-tokenizer.
+  const auto scored = testing::run_cli({"eval", "images", "--concept", run.concept_dir, "--images", run.images, "--clip",
+                                        dir + "/clip", "--masks", "source", "--edits",
+                                        kSource + "/assets/editing_prompts/world.json"});
+  ASSERT_EQ(scored.exit_code, 0) << scored.err;
+  EXPECT_GE(figure_line(scored.out, "ESR"), 0.0) << scored.out;
+  const auto judged = testing::run_cli({"eval", "judge", "--clip", dir + "/clip", "--detector",
+                                        kSource + "/assets/world/world_detector.safetensors", "--edits",
+                                        kSource + "/assets/editing_prompts/world.json", "--renders", "2", "--images",
+                                        run.images, "--json", dir + "/judge.json"});
+  ASSERT_EQ(judged.exit_code, 0) << judged.err;
+  const nlohmann::json record = nlohmann::json::parse(std::ifstream(dir + "/judge.json"));
+  EXPECT_EQ(record.at("renders").at("judge_vs_truth").at("n"), 2 * 11);  // eleven distinct edits, two renders each
+  EXPECT_EQ(record.at("generations").at("images"), 4);  // the sunglasses and hat prompts, two images each
+  // The detector reads renders it was trained on.
+  EXPECT_GE(record.at("renders").at("detector_vs_truth").at("agreement").get<double>(), 0.9);
 }
 
 }  // namespace

@@ -6,6 +6,9 @@
 #include <ATen/ATen.h>
 
 #include <filesystem>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
 #include <fstream>
 
 #include "golden.h"
@@ -123,6 +126,37 @@ TEST(MetricModels, NameAMissingTensor) {
     if (key != "text_projection.weight") clip_kept.emplace_back(key, clip_file.tensor(key));
   save_safetensors((clip.path / "model.safetensors").string(), clip_kept);
   expect_error_mentioning([&] { ClipModel::load(clip.path.string()); }, "text_projection.weight");
+}
+
+TEST(MetricModels, AClipModelSavedLoadsBackTheSame) {
+  ClipEncoderConfig encoder;
+  encoder.hidden_size = 16;
+  encoder.intermediate_size = 32;
+  encoder.num_hidden_layers = 1;
+  encoder.num_attention_heads = 2;
+  ClipTextConfig text;
+  text.encoder = encoder;
+  text.vocab_size = 50;
+  ClipVisionConfig vision;
+  vision.encoder = encoder;
+  vision.image_size = 16;
+  vision.patch_size = 8;
+  vision.projection_dim = 8;
+  at::Generator generator = at::detail::createCPUGenerator(3);
+  ClipModel created = ClipModel::create(text, vision, generator);
+  const fs::path folder = fs::temp_directory_path() / "singleinsert-clip-roundtrip";
+  fs::remove_all(folder);
+  created.save(folder.string());
+  ClipModel loaded = ClipModel::load(folder.string());
+  fs::remove_all(folder);
+  at::NoGradGuard no_grad;
+  const at::Tensor ids = at::randint(0, 49, {2, 77}, at::kLong);
+  const at::Tensor pixels = at::randn({2, 3, 16, 16});
+  EXPECT_TRUE(at::equal(loaded.text_features(ids), created.text_features(ids)));
+  EXPECT_TRUE(at::equal(loaded.image_features(pixels), created.image_features(pixels)));
+  EXPECT_FLOAT_EQ(loaded.logit_scale(), created.logit_scale());
+  EXPECT_NEAR(created.logit_scale(), std::log(1 / 0.07), 1e-6);
+  EXPECT_EQ(loaded.processor().crop_size, 16);
 }
 
 TEST(ConceptMetrics, RegionsKeepTheirPixelsAndFillTheRestWithGrey) {

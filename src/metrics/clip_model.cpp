@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/core/state_dict.h"
@@ -59,7 +60,7 @@ ClipModel ClipModel::load(const std::string& folder, at::ScalarType dtype) {
   load_state_dict(*model.vision_, vision, file.path(), options);
   if (projection.empty()) throw Error(fmt::format("{}: missing tensor 'text_projection.weight'", file.path()));
   load_state_dict(*model.text_projection_, projection, file.path() + " (text_projection)");
-  model.logit_scale_ = logit_scale.to(at::kDouble).item<double>();
+  model.logit_scale_tensor_ = logit_scale.to(at::kFloat).reshape({});
   for (auto* module : std::initializer_list<torch::nn::Module*>{model.text_.get(), model.vision_.get(),
                                                                 model.text_projection_.get()}) {
     module->to(dtype);
@@ -69,13 +70,80 @@ ClipModel ClipModel::load(const std::string& folder, at::ScalarType dtype) {
   return model;
 }
 
+ClipModel ClipModel::create(const ClipTextConfig& text, const ClipVisionConfig& vision, at::Generator& generator) {
+  ClipModel model;
+  model.text_ = ClipTextModel(text);
+  model.vision_ = ClipVisionModel(vision);
+  model.text_projection_ = Linear(text.encoder.hidden_size, vision.projection_dim, /*bias=*/false);
+  init_parameters(*model.text_, generator);
+  init_parameters(*model.text_projection_, generator);
+  model.vision_->init_like_openai(generator);
+  {
+    at::NoGradGuard no_grad;
+    model.text_->text_model->embeddings->token_embedding->weight.normal_(0.0, 0.02, generator);
+    model.text_->text_model->embeddings->position_embedding->weight.normal_(0.0, 0.01, generator);
+  }
+  model.logit_scale_tensor_ = at::full({}, std::log(1.0 / 0.07), at::kFloat).set_requires_grad(true);
+  model.processor_ = ImageProcessor::clip(vision.image_size);
+  return model;
+}
+
+void ClipModel::save(const std::string& folder) const {
+  const ClipTextConfig& t = text_->config();
+  const ClipVisionConfig& v = vision_->config();
+  nlohmann::json text_config = nlohmann::json::parse(t.to_json());
+  text_config.erase("architectures");
+  const nlohmann::json vision_config = {{"model_type", "clip_vision_model"},
+                                        {"hidden_size", v.encoder.hidden_size},
+                                        {"intermediate_size", v.encoder.intermediate_size},
+                                        {"num_hidden_layers", v.encoder.num_hidden_layers},
+                                        {"num_attention_heads", v.encoder.num_attention_heads},
+                                        {"hidden_act", v.encoder.hidden_act},
+                                        {"layer_norm_eps", v.encoder.layer_norm_eps},
+                                        {"image_size", v.image_size},
+                                        {"patch_size", v.patch_size},
+                                        {"num_channels", v.num_channels},
+                                        {"projection_dim", v.projection_dim}};
+  const nlohmann::json config = {{"architectures", {"CLIPModel"}}, {"model_type", "clip"},
+                                 {"projection_dim", v.projection_dim}, {"logit_scale_init_value", 2.6592},
+                                 {"text_config", text_config},         {"vision_config", vision_config}};
+  const nlohmann::json preprocessor = {
+      {"image_processor_type", "CLIPImageProcessor"}, {"do_resize", processor_.shortest_edge > 0},
+      {"size", {{"shortest_edge", processor_.shortest_edge}}}, {"do_center_crop", processor_.crop_size > 0},
+      {"crop_size", {{"height", processor_.crop_size}, {"width", processor_.crop_size}}},
+      {"resample", processor_.bicubic ? 3 : 2}, {"do_rescale", true}, {"rescale_factor", 1.0 / 255.0},
+      {"do_normalize", true}, {"image_mean", processor_.mean}, {"image_std", processor_.std},
+      {"do_convert_rgb", true}};
+  NamedTensors tensors;
+  for (const auto& [key, value] : state_dict(*text_)) tensors.emplace_back(key, value.to(at::kFloat).contiguous());
+  for (const auto& [key, value] : state_dict(*vision_)) tensors.emplace_back(key, value.to(at::kFloat).contiguous());
+  tensors.emplace_back("text_projection.weight", text_projection_->weight.detach().to(at::kFloat).contiguous());
+  tensors.emplace_back("logit_scale", logit_scale_tensor_.detach().clone());
+  fs::create_directories(folder);
+  save_safetensors((fs::path(folder) / "model.safetensors").string(), tensors, {{"format", "pt"}});
+  write_file_atomic((fs::path(folder) / "preprocessor_config.json").string(), preprocessor.dump(2) + "\n");
+  write_file_atomic((fs::path(folder) / "config.json").string(), config.dump(2) + "\n");
+}
+
+std::vector<at::Tensor> ClipModel::parameters() const {
+  std::vector<at::Tensor> out = text_->parameters();
+  for (const at::Tensor& p : vision_->parameters()) out.push_back(p);
+  out.push_back(text_projection_->weight);
+  out.push_back(logit_scale_tensor_);
+  return out;
+}
+
+void ClipModel::train(bool on) {
+  text_->train(on);
+  vision_->train(on);
+  text_projection_->train(on);
+}
+
 at::Tensor ClipModel::text_features(const at::Tensor& input_ids) {
-  at::NoGradGuard no_grad;
   return text_projection_->forward(text_->forward(input_ids).pooler_output);
 }
 
 at::Tensor ClipModel::image_features(const at::Tensor& pixels) {
-  at::NoGradGuard no_grad;
   const auto dtype = vision_->visual_projection->weight.scalar_type();
   return vision_->forward(pixels.to(dtype)).image_embeds;
 }
@@ -83,7 +151,7 @@ at::Tensor ClipModel::image_features(const at::Tensor& pixels) {
 at::Tensor ClipModel::logits_per_image(const at::Tensor& image_features, const at::Tensor& text_features) const {
   const at::Tensor images = image_features / image_features.norm(2, -1, true);
   const at::Tensor texts = text_features / text_features.norm(2, -1, true);
-  return at::matmul(images, texts.t()) * std::exp(logit_scale_);
+  return at::matmul(images, texts.t()) * logit_scale_tensor_.exp();
 }
 
 }  // namespace singleinsert

@@ -66,6 +66,7 @@ ConceptScores score_generations(const MetricModels& models, const MetricImage& s
                                 const std::vector<MetricImage>& images, const std::string& trigger,
                                 const EditingPromptList* editing) {
   if (models.clip == nullptr || models.tokenizer == nullptr) throw Error("scoring needs CLIP and its tokenizer");
+  at::NoGradGuard no_grad;
   if (!source.mask.defined()) throw Error(source.name + ": the source needs a mask");
   check_mask(source);
   for (const MetricImage& image : images) check_mask(image);

@@ -436,6 +436,7 @@ void add_eval_command(CLI::App& app) {
   add_concept(*eval);
   add_compose(*eval);
   add_eval_images_command(*eval);
+  add_eval_judge_commands(*eval);
 }
 
 }  // namespace singleinsert::cli

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <string>
+#include <vector>
 
 #include "singleinsert/metrics/image_processing.h"
 #include "singleinsert/models/clip_text_model.h"
@@ -18,23 +19,33 @@ class ClipModel {
   // Reads `folder` (a transformers CLIPModel folder; preprocessor_config.json is optional) into
   // `dtype`. Throws Error naming the folder for another kind of model or a missing tensor.
   static ClipModel load(const std::string& folder, at::ScalarType dtype = at::kFloat);
+  // A fresh model to train (float32): PyTorch's default initialisation, CLIP's N(0, 0.02) token
+  // and N(0, 0.01) position embeddings, OpenAI's vision-tower initialisation, logit_scale ln(1/0.07).
+  static ClipModel create(const ClipTextConfig& text, const ClipVisionConfig& vision, at::Generator& generator);
+  // config.json (transformers' CLIPConfig), model.safetensors and preprocessor_config.json:
+  // a folder that load() and transformers' CLIPModel.from_pretrained read.
+  void save(const std::string& folder) const;
 
+  // Differentiable (callers not training wrap them in a NoGradGuard).
   at::Tensor text_features(const at::Tensor& input_ids);  // [B, L] int64 -> [B, projection_dim]
   at::Tensor image_features(const at::Tensor& pixels);    // [B, 3, S, S] normalised -> [B, projection_dim]
+  std::vector<at::Tensor> parameters() const;  // every weight, logit_scale last
+  at::Tensor logit_scale_parameter() const { return logit_scale_tensor_; }
+  void train(bool on);
   // CLIPModel's logits_per_image: logit_scale.exp() * cosine, [images, texts].
   at::Tensor logits_per_image(const at::Tensor& image_features, const at::Tensor& text_features) const;
 
   const ImageProcessor& processor() const { return processor_; }
   const ClipTextConfig& text_config() const { return text_->config(); }
   const ClipVisionConfig& vision_config() const { return vision_->config(); }
-  double logit_scale() const { return logit_scale_; }
+  double logit_scale() const { return logit_scale_tensor_.item<double>(); }
 
  private:
   ClipModel() = default;
   ClipTextModel text_{nullptr};
   ClipVisionModel vision_{nullptr};  // its visual_projection is CLIPModel's
   Linear text_projection_{nullptr};
-  double logit_scale_ = 0;
+  at::Tensor logit_scale_tensor_;  // [] float32
   ImageProcessor processor_;
 };
 

@@ -1,0 +1,265 @@
+// singleinsert eval train-clip / eval judge: a CLIP trained on the toy world, and the check of
+// eval images' ESR judge (CLIP zero-shot on an editing list) where the truth is known: against
+// the scenes' own attributes on renders, and against the world's detector on generations.
+#include <ATen/ATen.h>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "cli_support.h"
+#include "commands.h"
+#include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+#include "singleinsert/core/json_config.h"
+#include "singleinsert/core/safetensors.h"
+#include "singleinsert/core/state_dict.h"
+#include "singleinsert/io/image_file.h"
+#include "singleinsert/io/png.h"
+#include "singleinsert/metrics/clip_model.h"
+#include "singleinsert/metrics/editing_prompts.h"
+#include "singleinsert/world/clip_training.h"
+#include "singleinsert/world/detector.h"
+#include "singleinsert/world/render.h"
+#include "singleinsert/world/scene.h"
+
+namespace fs = std::filesystem;
+
+namespace singleinsert::cli {
+namespace {
+
+// Held-out scenes for judging renders: identities and seeds no training run draws.
+constexpr uint64_t kJudgeScenes = uint64_t{13} << 50;
+
+void add_train_clip(CLI::App& eval) {
+  struct Args {
+    std::string out, tokenizer, vae_model, precision = "bf16";
+    world::ClipTrainingOptions options;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* command = eval.add_subcommand(
+      "train-clip", "Train a CLIP (both towers) on the toy world's renders and captions; writes a transformers "
+                    "CLIPModel folder with the tokenizer, for eval images and eval judge");
+  command->add_option("--out", args->out, "Output folder")->required();
+  command->add_option("--tokenizer", args->tokenizer, "The world model's tokenizer folder (world --write-tokenizer)")
+      ->required();
+  command->add_option("--steps", args->options.steps)->capture_default_str()->check(CLI::PositiveNumber);
+  command->add_option("--batch-size", args->options.batch_size)->capture_default_str()->check(CLI::Range(2, 4096));
+  command->add_option("--lr", args->options.lr)->capture_default_str();
+  command->add_option("--seed", args->options.seed)->capture_default_str();
+  command->add_option("--width", args->options.width, "Both towers' width (layers and heads below)")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 1024));
+  command->add_option("--layers", args->options.layers)->capture_default_str()->check(CLI::Range(1, 24));
+  command->add_option("--vae", args->vae_model, "A world model folder whose VAE some batches pass through");
+  command->add_option("--vae-share", args->options.vae_share)->capture_default_str()->check(CLI::Range(0.0, 1.0));
+  command->add_option("--precision", args->precision, "fp32|bf16: the forward passes")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "bf16"}));
+  command->callback([args] {
+    args->options.bf16 = args->precision == "bf16";
+    if (args->options.width % args->options.heads != 0) throw Error("train-clip: --width must be a multiple of 4");
+    const ClipTokenizer tokenizer = ClipTokenizer::load(args->tokenizer);
+    OutputDirectory out(args->out, /*overwrite=*/false);
+    AutoencoderKL vae{nullptr};
+    if (!args->vae_model.empty()) {
+      const fs::path dir = fs::path(args->vae_model) / "vae";
+      vae = AutoencoderKL(VaeConfig::from_json(JsonConfig::load((dir / "config.json").string())));
+      load_state_dict(*vae, SafetensorsFile::open((dir / "diffusion_pytorch_model.safetensors").string()));
+      vae->eval();
+    }
+    ProgressLine progress;
+    const auto start = std::chrono::steady_clock::now();
+    double last_loss = 0;
+    ClipModel clip = world::train_world_clip(
+        args->options, tokenizer,
+        [&](const ProgressReport& report) {
+          last_loss = report.values.at("loss");
+          progress(report);
+        },
+        vae ? &vae : nullptr);
+    progress.finish();
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    clip.save(args->out);
+    for (const char* name : {"vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"})
+      if (fs::exists(fs::path(args->tokenizer) / name))
+        fs::copy_file(fs::path(args->tokenizer) / name, fs::path(args->out) / name);
+    const nlohmann::json record = {{"steps", args->options.steps}, {"batch_size", args->options.batch_size},
+                                   {"lr", args->options.lr},       {"seed", args->options.seed},
+                                   {"width", args->options.width}, {"layers", args->options.layers},
+                                   {"vae", args->vae_model},       {"vae_share", args->options.vae_share},
+                                   {"precision", args->precision}, {"final_loss", last_loss},
+                                   {"seconds", seconds}};
+    write_file_atomic((fs::path(args->out) / "train_clip.json").string(), record.dump(2) + "\n");
+    out.commit();
+    std::printf("final_loss\t%.4f\nseconds\t%.1f\n", last_loss, seconds);
+  });
+}
+
+// Agreement counts of two yes/no readers.
+struct Agreement {
+  int both_yes = 0, both_no = 0, only_first = 0, only_second = 0;
+  void add(bool first, bool second) {
+    both_yes += first && second;
+    both_no += !first && !second;
+    only_first += first && !second;
+    only_second += !first && second;
+  }
+  int total() const { return both_yes + both_no + only_first + only_second; }
+  double share() const { return total() ? static_cast<double>(both_yes + both_no) / total() : 0.0; }
+  nlohmann::json json() const {
+    return {{"agreement", share()},      {"n", total()},           {"both_yes", both_yes},
+            {"both_no", both_no},        {"only_judge", only_first}, {"only_reference", only_second}};
+  }
+};
+
+void add_judge(CLI::App& eval) {
+  struct Args {
+    std::string clip, detector, images, edits, trigger = "*", json;
+    int renders = 0;
+  };
+  auto args = std::make_shared<Args>();
+  CLI::App* command = eval.add_subcommand(
+      "judge", "Check eval images' ESR judge in the toy world: its verdicts against the scenes' truth on renders "
+               "and against the world's detector on generations");
+  command->add_option("--clip", args->clip, "A CLIPModel folder that knows the world (eval train-clip)")->required();
+  command->add_option("--detector", args->detector, "Detector weights from eval train-detector")->required();
+  command->add_option("--edits", args->edits, "The world's editing list (assets/editing_prompts/world.json)")
+      ->required();
+  command->add_option("--images", args->images, "Generations from the list's prompts (their prompts recorded)");
+  command->add_option("--trigger", args->trigger, "The trigger word the generations' prompts use")
+      ->capture_default_str();
+  command->add_option("--renders", args->renders, "Held-out renders per edit, half showing it, half not")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
+  command->add_option("--json", args->json, "Also write the figures to this file");
+  command->callback([args] {
+    const EditingPromptList list = EditingPromptList::load(args->edits);
+    std::map<std::string, std::pair<std::string, std::string>> texts;  // edit -> (present, absent)
+    for (const EditingPrompt& prompt : list.prompts)
+      for (const EditCheck& edit : prompt.edits) {
+        world::Scene probe;
+        world::apply_edit(probe, edit.name);  // every edit must be one the world knows
+        texts[edit.name] = {edit.present, edit.absent};
+      }
+    ClipModel clip = ClipModel::load(args->clip);
+    const ClipTokenizer tokenizer = ClipTokenizer::load(args->clip);
+    world::WorldDetector detector = world::load_detector(args->detector);
+    at::NoGradGuard no_grad;
+    std::map<std::string, at::Tensor> text_cache;
+    auto text_feature = [&](const std::string& text) {
+      auto found = text_cache.find(text);
+      if (found != text_cache.end()) return found->second;
+      const at::Tensor ids = at::tensor(tokenizer.tokenize(text).ids, at::kLong).unsqueeze(0);
+      at::Tensor f = clip.text_features(ids).squeeze(0);
+      f = f / f.norm();
+      return text_cache.emplace(text, f).first->second;
+    };
+    // P(present) for each image of `pixels` (uint8 [N, H, W, 3]).
+    auto judge = [&](const at::Tensor& pixels, const std::string& edit) {
+      std::vector<at::Tensor> batch;
+      for (int64_t i = 0; i < pixels.size(0); ++i) batch.push_back(clip.processor()(pixels[i]));
+      at::Tensor f = clip.image_features(at::cat(batch, 0));
+      f = f / f.norm(2, -1, true);
+      const at::Tensor t = at::stack({text_feature(texts.at(edit).first), text_feature(texts.at(edit).second)});
+      return at::softmax(at::matmul(f, t.t()) * std::exp(clip.logit_scale()), 1).select(1, 0);
+    };
+    nlohmann::json record = {{"clip", args->clip}, {"detector", args->detector}, {"edits", args->edits}};
+
+    if (args->renders > 0) {  // the truth: each scene's own attributes
+      Agreement judge_total, detector_total;
+      nlohmann::json per_edit;
+      uint64_t scene_index = 0;
+      for (const auto& [edit, unused] : texts) {
+        Agreement judge_edit, detector_edit;
+        std::vector<at::Tensor> images;
+        std::vector<bool> truth;
+        for (int k = 0; k < args->renders; ++k, ++scene_index) {
+          const uint64_t seed = kJudgeScenes + scene_index;
+          world::Scene scene = world::source_scene(world::sample_identity(world::kHeldOutIdentitySeed + seed),
+                                                   static_cast<int>(seed % world::kBackgroundColours.size()));
+          if (k % 2 == 0) world::apply_edit(scene, edit);
+          truth.push_back(world::edit_shown(world::attribute_map(scene), edit));
+          images.push_back(world::render(scene, static_cast<int>(clip.vision_config().image_size)).image);
+        }
+        const at::Tensor pixels = at::stack(images);
+        const at::Tensor p = judge(pixels, edit);
+        const std::vector<world::Detection> found = world::detect(detector, pixels);
+        for (size_t i = 0; i < truth.size(); ++i) {
+          const bool judged = p[static_cast<int64_t>(i)].item<double>() > 0.5;
+          const bool detected = world::edit_shown(found[i].attributes, edit);
+          judge_edit.add(judged, truth[i]);
+          detector_edit.add(detected, truth[i]);
+        }
+        judge_total.both_yes += judge_edit.both_yes, judge_total.both_no += judge_edit.both_no;
+        judge_total.only_first += judge_edit.only_first, judge_total.only_second += judge_edit.only_second;
+        detector_total.both_yes += detector_edit.both_yes, detector_total.both_no += detector_edit.both_no;
+        detector_total.only_first += detector_edit.only_first, detector_total.only_second += detector_edit.only_second;
+        per_edit[edit] = {{"judge_vs_truth", judge_edit.json()}, {"detector_vs_truth", detector_edit.json()}};
+        std::printf("renders\t%s\tjudge %.3f\tdetector %.3f\t(n=%d)\n", edit.c_str(), judge_edit.share(),
+                    detector_edit.share(), judge_edit.total());
+      }
+      record["renders"] = {{"per_edit", per_edit},
+                           {"judge_vs_truth", judge_total.json()},
+                           {"detector_vs_truth", detector_total.json()}};
+      std::printf("renders_judge_accuracy\t%.4f\nrenders_detector_accuracy\t%.4f\n", judge_total.share(),
+                  detector_total.share());
+    }
+
+    if (!args->images.empty()) {  // generations: the detector as the reference
+      Agreement per_check, per_image;
+      std::map<std::string, Agreement> per_edit;
+      int images = 0;
+      for (const auto& entry : fs::directory_iterator(args->images)) {
+        if (entry.path().extension() != ".png" || entry.path().filename() == "grid.png") continue;
+        const auto text = read_png_text(entry.path().string());
+        const auto found_record = text.find("singleinsert");
+        if (found_record == text.end()) continue;
+        const nlohmann::json generation = nlohmann::json::parse(found_record->second, nullptr, false);
+        if (!generation.is_object() || !generation.contains("prompt")) continue;
+        const EditingPrompt* prompt = list.find(generation.at("prompt").get<std::string>(), args->trigger);
+        if (!prompt) continue;
+        const at::Tensor pixels = read_image_rgb(entry.path().string()).pixels.unsqueeze(0);
+        const world::Detection detection = world::detect(detector, pixels).at(0);
+        bool judge_all = true, detector_all = true;
+        for (const EditCheck& edit : prompt->edits) {
+          const bool judged = judge(pixels, edit.name)[0].item<double>() > 0.5;
+          const bool detected = world::edit_shown(detection.attributes, edit.name);
+          per_check.add(judged, detected);
+          per_edit[edit.name].add(judged, detected);
+          judge_all = judge_all && judged;
+          detector_all = detector_all && detected;
+        }
+        per_image.add(judge_all, detector_all);
+        ++images;
+      }
+      if (images == 0) throw Error(args->images + ": no generation from a prompt of the list");
+      nlohmann::json edits;
+      for (const auto& [edit, agreement] : per_edit) {
+        edits[edit] = agreement.json();
+        std::printf("generations\t%s\tagreement %.3f\t(n=%d)\n", edit.c_str(), agreement.share(), agreement.total());
+      }
+      const double judge_esr = static_cast<double>(per_image.both_yes + per_image.only_first) / per_image.total();
+      const double detector_esr = static_cast<double>(per_image.both_yes + per_image.only_second) / per_image.total();
+      record["generations"] = {{"images", images},          {"per_edit", edits},
+                               {"per_check", per_check.json()}, {"per_image", per_image.json()},
+                               {"judge_esr", judge_esr},    {"detector_esr", detector_esr}};
+      std::printf("generations_check_agreement\t%.4f\ngenerations_image_agreement\t%.4f\njudge_esr\t%.4f\n"
+                  "detector_esr\t%.4f\n",
+                  per_check.share(), per_image.share(), judge_esr, detector_esr);
+    }
+    if (args->renders == 0 && args->images.empty()) throw Error("judge: give --renders N, --images DIR or both");
+    if (!args->json.empty()) write_file_atomic(args->json, record.dump(2) + "\n");
+  });
+}
+
+}  // namespace
+
+void add_eval_judge_commands(CLI::App& eval) {
+  add_train_clip(eval);
+  add_judge(eval);
+}
+
+}  // namespace singleinsert::cli
