@@ -196,6 +196,34 @@ TEST(EvalImages, RefusesBadInputWithOneLineAndWritesNothing) {
                  dir + "/r.html", "not a record of `eval images --json`");
 }
 
+TEST(EvalImages, GenerateTakesTheEditingListsPrompts) {
+  const DemoRun& run = demo_run();
+  const std::string dir = testing::fresh_temp_dir("prompts_from");
+  const auto listed = testing::run_cli({"generate", "--model", run.model, "--concept", run.concept_dir, "--prompts-from",
+                                        kSource + "/assets/editing_prompts/world.json", "--steps", "1", "--out",
+                                        dir + "/listed"});
+  ASSERT_EQ(listed.exit_code, 0) << listed.err;
+  const nlohmann::json list = nlohmann::json::parse(read_file(kSource + "/assets/editing_prompts/world.json"));
+  for (size_t i = 0; i < list.at("prompts").size(); ++i) {
+    const auto text = read_png_text(dir + "/listed/" + std::string(4 - std::to_string(i).size(), '0') +
+                                    std::to_string(i) + ".png");
+    EXPECT_EQ(nlohmann::json::parse(text.at("singleinsert")).at("prompt"), list.at("prompts").at(i).at("prompt"));
+  }
+  write_file_atomic(dir + "/prompts.txt", "a photo of a * face\r\n\n  \na photo of a * face wearing a hat\n");
+  const auto lines = testing::run_cli({"generate", "--model", run.model, "--concept", run.concept_dir, "--prompt",
+                                       "a photo of a smiling * face", "--prompts-from", dir + "/prompts.txt", "--steps",
+                                       "1", "--out", dir + "/lines"});
+  ASSERT_EQ(lines.exit_code, 0) << lines.err;
+  EXPECT_EQ(nlohmann::json::parse(read_png_text(dir + "/lines/0001.png").at("singleinsert")).at("prompt"),
+            "a photo of a * face");
+  EXPECT_EQ(nlohmann::json::parse(read_png_text(dir + "/lines/0002.png").at("singleinsert")).at("prompt"),
+            "a photo of a * face wearing a hat");
+  EXPECT_FALSE(fs::exists(dir + "/lines/0003.png"));
+  const auto none = testing::run_cli({"generate", "--model", run.model, "--out", dir + "/none"});
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.err.find("needs --prompt or --prompts-from"), std::string::npos) << none.err;
+}
+
 TEST(WorldJudge, EditsReadFromTheTruthOfRenders) {
   // Each edit of the world's editing list is shown by the scene it is applied to and not by the
   // plain source, and the truth is read from the labels the detector trains on.

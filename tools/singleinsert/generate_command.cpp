@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli_support.h"
 #include "commands.h"
@@ -14,6 +15,7 @@
 #include "singleinsert/io/generation_metadata.h"
 #include "singleinsert/io/plots.h"
 #include "singleinsert/io/png.h"
+#include "singleinsert/metrics/editing_prompts.h"
 #include "singleinsert/pipeline/concepts.h"
 #include "singleinsert/pipeline/memory_estimate.h"
 #include "singleinsert/pipeline/model_bundle.h"
@@ -33,15 +35,35 @@ struct GenerateArgs {
   std::string out;
   std::string device = "auto";
   std::string dtype = "fp32";
-  std::string initial_latents;
+  std::string initial_latents, prompts_from;
   std::vector<std::string> concepts, loras, embeddings;
   bool overwrite = false;
   bool grid = false;
 };
 
+// An editing list's prompts (.json, as eval images reads them) or a text file's non-empty lines.
+std::vector<std::string> prompts_from_file(const std::string& path) {
+  std::vector<std::string> prompts;
+  if (fs::path(path).extension() == ".json") {
+    for (const EditingPrompt& entry : EditingPromptList::load(path).prompts) prompts.push_back(entry.prompt);
+    return prompts;
+  }
+  std::istringstream lines(read_file(path));
+  for (std::string line; std::getline(lines, line);) {
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") != std::string::npos) prompts.push_back(line);
+  }
+  if (prompts.empty()) throw Error(path + ": no prompts");
+  return prompts;
+}
+
 void run_generate(GenerateArgs& args) {
   GenerateOptions& options = args.options;
   const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
+  if (!args.prompts_from.empty()) {
+    for (const std::string& prompt : prompts_from_file(args.prompts_from)) options.prompts.push_back(prompt);
+  }
+  if (options.prompts.empty()) throw Error("generate needs --prompt or --prompts-from");
   // Everything that can be checked cheaply is checked before the model loads or a file is written.
   if (!fs::exists(args.model.model)) throw Error(fmt::format("{}: no such model folder or file", args.model.model));
   if (options.width == 0) options.width = native_image_size(args.model);
@@ -154,7 +176,10 @@ void add_generate_command(CLI::App& app) {
   auto args = std::make_shared<GenerateArgs>();
   CLI::App* command = app.add_subcommand("generate", "Render images from text prompts (with concepts, LoRAs, embeddings)");
   add_model_flags(command, args->model);
-  command->add_option("--prompt", args->options.prompts, "Prompt (repeat for several)")->required();
+  command->add_option("--prompt", args->options.prompts, "Prompt (repeat for several)");
+  command->add_option("--prompts-from", args->prompts_from,
+                      "More prompts: an editing list (.json, e.g. assets/editing_prompts/faces.json) or a text file, "
+                      "one prompt per line");
   command->add_option("--negative-prompt", args->options.negative_prompts,
                       "Negative prompt: once for all prompts, or once per prompt");
   command->add_option("--images-per-prompt", args->options.images_per_prompt, "Images per prompt")
