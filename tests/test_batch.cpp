@@ -113,6 +113,27 @@ TEST(Batch, APhotoThatFailsIsReportedAndTheOthersFinish) {
   EXPECT_NE(table.find("| sample_0001 | failed: stage I: "), std::string::npos) << table;
   EXPECT_NE(table.find("sample_0001_mask.png: no such file"), std::string::npos) << table;
   EXPECT_NE(table.find("| sample_0002 | done |"), std::string::npos) << table;
+  // Its report page: every photo in the summary, a section with source, mask and generations for
+  // each one that finished.
+  const testing::CliResult report = testing::run_cli({"report", "--batch", out, "--out", faces.dir + "/batch.html"});
+  ASSERT_EQ(report.exit_code, 0) << report.err;
+  const std::string html = slurp_bytes(faces.dir + "/batch.html");
+  EXPECT_NE(html.find("failed: stage I: "), std::string::npos);
+  EXPECT_NE(html.find("<h2 id=\"sample_0000\">"), std::string::npos);
+  EXPECT_NE(html.find("<h2 id=\"sample_0002\">"), std::string::npos);
+  EXPECT_EQ(html.find("<h2 id=\"sample_0001\">"), std::string::npos);
+  EXPECT_EQ(html.find("missing</div>"), std::string::npos);
+  size_t images = 0;
+  for (size_t at = html.find("base64,"); at != std::string::npos; at = html.find("base64,", at + 1)) ++images;
+  size_t shown = 0;
+  for (const char* photo : {"sample_0000", "sample_0002"}) {
+    size_t generations = 0;
+    for (const auto& entry : fs::directory_iterator(fs::path(out) / photo / "images"))
+      generations += entry.path().extension() == ".png" && entry.path().filename() != "grid.png";
+    shown += 2 + std::min<size_t>(generations, 8);  // source and mask, then up to 8 generations
+  }
+  EXPECT_GT(shown, 4u);
+  EXPECT_EQ(images, shown);
   const testing::CliResult bad_devices = testing::run_cli({"batch", "--prepared", faces.prepared, "--out", out,
                                                            "--model", SINGLEINSERT_FUZZ_DEFAULT_MODEL, "--devices", "gpu0"});
   EXPECT_EQ(bad_devices.err, "error: --devices gpu0: expected cpu or CUDA device numbers like 0,1\n");
