@@ -54,6 +54,22 @@ TEST(MetricModels, ClipImageProcessorMatchesTransformers) {
                          0.0);
 }
 
+TEST(MetricModels, ImageProcessorsReadSizesAsTransformersDoes) {
+  const SafetensorsFile io = golden();
+  const at::Tensor wide = io.tensor("clip.processor_input");
+  // A plain-number "size" is CLIP's shortest edge (older folders write it so)...
+  const fs::path folder = fs::temp_directory_path() / "singleinsert-legacy-clip-processor";
+  fs::create_directories(folder);
+  write_file_atomic((folder / "preprocessor_config.json").string(), R"({"size": 32, "crop_size": 32, "resample": 3})");
+  const ImageProcessor legacy = ImageProcessor::from_folder(folder.string(), ImageProcessor::clip(224));
+  fs::remove_all(folder);
+  EXPECT_TENSOR_NEAR_ABS(legacy(wide), io.tensor("clip.processor_output_legacy"), 0.0);
+  // ...and ViT's square, without a crop (facebook/dino-vits16's file: bilinear, ImageNet's mean and std).
+  const LoadedVit dino = load_vit_model(metrics_data("dino_tiny"));
+  EXPECT_EQ(dino.processor.crop_size, 0);
+  EXPECT_TENSOR_NEAR_ABS(dino.processor(wide), io.tensor("dino.processor_output"), 0.0);
+}
+
 TEST(MetricModels, DinoVitMatchesTransformers) {
   LoadedVit dino = load_vit_model(metrics_data("dino_tiny"));
   const SafetensorsFile io = golden();

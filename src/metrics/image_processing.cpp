@@ -16,9 +16,12 @@ namespace singleinsert {
 namespace {
 
 // "size": 224 | {"shortest_edge": 224} | {"height": 224, "width": 224}
-void read_size(const nlohmann::json& value, const std::string& origin, int64_t& shortest_edge, int64_t& height,
-               int64_t& width) {
-  if (value.is_number_integer()) {
+void read_size(const nlohmann::json& value, const std::string& origin, bool number_is_shortest_edge,
+               int64_t& shortest_edge, int64_t& height, int64_t& width) {
+  if (value.is_number_integer() && number_is_shortest_edge) {
+    shortest_edge = value.get<int64_t>();
+    height = width = 0;
+  } else if (value.is_number_integer()) {
     shortest_edge = 0;
     height = width = value.get<int64_t>();
   } else if (value.is_object() && value.contains("shortest_edge")) {
@@ -57,6 +60,7 @@ ImageProcessor ImageProcessor::vit(int64_t size) {
   p.resize_height = p.resize_width = size;
   p.crop_size = 0;
   p.bicubic = false;
+  p.number_is_shortest_edge = false;
   p.mean = {0.5, 0.5, 0.5};
   p.std = {0.5, 0.5, 0.5};
   return p;
@@ -69,7 +73,7 @@ ImageProcessor ImageProcessor::from_folder(const std::string& folder, ImageProce
   try {
     const nlohmann::json& j = json.json();
     if (json.get_bool("do_resize", true)) {
-      if (j.contains("size")) read_size(j.at("size"), json.origin(), p.shortest_edge, p.resize_height, p.resize_width);
+      if (j.contains("size")) read_size(j.at("size"), json.origin(), p.number_is_shortest_edge, p.shortest_edge, p.resize_height, p.resize_width);
     } else {
       p.shortest_edge = p.resize_height = p.resize_width = 0;
     }
@@ -77,7 +81,7 @@ ImageProcessor ImageProcessor::from_folder(const std::string& folder, ImageProce
       p.crop_size = 0;
     } else if (j.contains("crop_size")) {
       int64_t edge = 0, height = 0, width = 0;
-      read_size(j.at("crop_size"), json.origin(), edge, height, width);
+      read_size(j.at("crop_size"), json.origin(), /*number_is_shortest_edge=*/false, edge, height, width);
       if (height != width) throw Error(json.origin() + ": only square crops are supported");
       p.crop_size = height;
     }

@@ -4,7 +4,8 @@
                           (its 1025-word vocabulary is the toy world tokenizer's size, so that tests can tokenize with it),
                           config, save_pretrained layout (config.json, model.safetensors, preprocessor_config.json)
   dino_tiny/              transformers ViTModel (DINO's architecture: gelu, layer_norm_eps 1e-12, qkv bias, with its
-                          pooler, which DINO features do not use), tiny random config, save_pretrained layout
+                          pooler, which DINO features do not use), tiny random config, save_pretrained layout, and
+                          a preprocessor_config.json as facebook/dino-vits16 writes it ("size" a plain number)
   lpips_alex.safetensors  lpips.LPIPS(net='alex', version='0.1') state dict: the lin heads the lpips project ships
                           (lpips/weights/v0.1/alex.pth) and a random AlexNet trunk (the ImageNet trunk is a download)
   metrics_golden.safetensors  inputs and the reference outputs
@@ -28,7 +29,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, ViTConfig, ViTModel  # noqa: E402
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, ViTConfig, ViTImageProcessor, ViTModel  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.environ["GOLDEN_SRC"], "PerceptualSimilarity"))
 for name in ("scipy", "scipy.ndimage"):
@@ -105,6 +106,10 @@ def clip_golden(generator, tensors):
     wide = toy.resize((77, 53), resample=Image.Resampling.BICUBIC)
     tensors["clip.processor_input"] = torch.from_numpy(np.array(wide))
     tensors["clip.processor_output"] = processor(images=wide, return_tensors="pt")["pixel_values"]
+    # Older folders (openai/clip-vit-base-patch32) give "size" and "crop_size" as plain numbers: for CLIP a number is the
+    # shortest edge.
+    legacy = CLIPImageProcessor(size=32, crop_size=32)
+    tensors["clip.processor_output_legacy"] = legacy(images=wide, return_tensors="pt")["pixel_values"]
 
 
 def dino_golden(generator, tensors):
@@ -126,6 +131,20 @@ def dino_golden(generator, tensors):
         out = model(pixel_values=pixels)
     tensors["dino.pixel_values"] = pixels
     tensors["dino.last_hidden_state"] = out.last_hidden_state
+    # DINO's processor as facebook/dino-vits16 configures it: "size" a plain number (for ViT: a square), bilinear,
+    # ImageNet's mean and std, no crop.
+    processor = ViTImageProcessor(size=32, resample=Image.Resampling.BILINEAR, image_mean=[0.485, 0.456, 0.406],
+                                  image_std=[0.229, 0.224, 0.225])
+    processor.save_pretrained(folder)
+    with open(os.path.join(folder, "preprocessor_config.json")) as f:
+        saved = json.load(f)
+    saved["size"] = 32  # as the hub's file writes it (save_pretrained writes the dict form)
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+        json.dump(saved, f, indent=2, sort_keys=True)
+        f.write("\n")
+    toy = Image.open(os.path.join(HERE, "..", "data", "methods", "toy.png")).convert("RGB")
+    wide = toy.resize((77, 53), resample=Image.Resampling.BICUBIC)
+    tensors["dino.processor_output"] = processor(images=wide, return_tensors="pt")["pixel_values"]
 
 
 def lpips_golden(generator, tensors):

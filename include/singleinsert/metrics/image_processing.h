@@ -14,6 +14,9 @@ struct ImageProcessor {
   int64_t resize_height = 0, resize_width = 0;  // a fixed size instead (ViTImageProcessor)
   int64_t crop_size = 224;  // centre crop to a square of this side (0: none)
   bool bicubic = true;      // PIL resample 3; else 2 (bilinear)
+  // How a plain number in "size" reads: CLIP's processors take it as the shortest edge, ViT's
+  // as a square (transformers' get_size_dict default_to_square).
+  bool number_is_shortest_edge = true;
   std::array<double, 3> mean{0.48145466, 0.4578275, 0.40821073};  // CLIP's
   std::array<double, 3> std{0.26862954, 0.26130258, 0.27577711};
 
