@@ -67,5 +67,13 @@ if [ "$model" = "$world_model" ]; then
   echo "5/5 measured: esr = share of edits shown; closeness = how near the drawn face is to the source (1: as the" \
     "source itself, 0: as other faces), whole and in its hidden part (what words cannot say); text_ = the same" \
     "prompts with the face's attributes in words instead of the concept: $out/eval.json" >&2
+  # The paper's image metrics, with the CLIP trained on the world (assets/world/world_clip), and the
+  # report page.
+  "$bin" eval images --concept "$out/concept" --images "$out/images" --clip assets/world/world_clip \
+    --masks source --edits assets/editing_prompts/world.json --json "$out/metrics.json" 2>/dev/null |
+    grep -E '^(CLIP-I-f|CLIP-I-b|CLIP-T|ESR)\b' | sed 's/^/   /' >&2
+  "$bin" report --concept "$out/concept" --eval "$out/metrics.json" --out "$out/report.html" 2>/dev/null
+  echo "   the paper's figures with the world's CLIP (DINO and DIV need real metric models): $out/metrics.json;" \
+    "everything on one page: $out/report.html" >&2
 fi
 echo "demo output: $out (concept in $out/concept, loss curves in $out/concept/loss.png, grid in $out/images/grid.png)"

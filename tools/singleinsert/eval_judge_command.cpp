@@ -109,9 +109,18 @@ struct Agreement {
   }
   int total() const { return both_yes + both_no + only_first + only_second; }
   double share() const { return total() ? static_cast<double>(both_yes + both_no) / total() : 0.0; }
+  // Cohen's kappa: agreement beyond what two readers with these yes-rates reach by chance
+  // (generations mostly obey their edits, so raw agreement flatters a judge that says yes).
+  double kappa() const {
+    if (total() == 0) return 0.0;
+    const double n = total(), first = (both_yes + only_first) / n, second = (both_yes + only_second) / n;
+    const double chance = first * second + (1 - first) * (1 - second);
+    return chance < 1 ? (share() - chance) / (1 - chance) : 1.0;
+  }
   nlohmann::json json() const {
-    return {{"agreement", share()},      {"n", total()},           {"both_yes", both_yes},
-            {"both_no", both_no},        {"only_judge", only_first}, {"only_reference", only_second}};
+    return {{"agreement", share()}, {"kappa", kappa()},        {"n", total()},
+            {"both_yes", both_yes}, {"both_no", both_no},      {"only_judge", only_first},
+            {"only_reference", only_second}};
   }
 };
 
@@ -204,8 +213,8 @@ void add_judge(CLI::App& eval) {
       record["renders"] = {{"per_edit", per_edit},
                            {"judge_vs_truth", judge_total.json()},
                            {"detector_vs_truth", detector_total.json()}};
-      std::printf("renders_judge_accuracy\t%.4f\nrenders_detector_accuracy\t%.4f\n", judge_total.share(),
-                  detector_total.share());
+      std::printf("renders_judge_accuracy\t%.4f\nrenders_judge_kappa\t%.4f\nrenders_detector_accuracy\t%.4f\n",
+                  judge_total.share(), judge_total.kappa(), detector_total.share());
     }
 
     if (!args->images.empty()) {  // generations: the detector as the reference
@@ -246,9 +255,10 @@ void add_judge(CLI::App& eval) {
       record["generations"] = {{"images", images},          {"per_edit", edits},
                                {"per_check", per_check.json()}, {"per_image", per_image.json()},
                                {"judge_esr", judge_esr},    {"detector_esr", detector_esr}};
-      std::printf("generations_check_agreement\t%.4f\ngenerations_image_agreement\t%.4f\njudge_esr\t%.4f\n"
+      std::printf("generations_check_agreement\t%.4f\ngenerations_check_kappa\t%.4f\n"
+                  "generations_image_agreement\t%.4f\ngenerations_image_kappa\t%.4f\njudge_esr\t%.4f\n"
                   "detector_esr\t%.4f\n",
-                  per_check.share(), per_image.share(), judge_esr, detector_esr);
+                  per_check.share(), per_check.kappa(), per_image.share(), per_image.kappa(), judge_esr, detector_esr);
     }
     if (args->renders == 0 && args->images.empty()) throw Error("judge: give --renders N, --images DIR or both");
     if (!args->json.empty()) write_file_atomic(args->json, record.dump(2) + "\n");
