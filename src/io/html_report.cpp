@@ -78,11 +78,11 @@ std::string loss_chart(const nlohmann::json& history) {
   double x_max = 0;
   double stage2_start = -1;
   double index = 0;
-  int first_step = -1, last_step = 0;
+  int first_step = -1, last_step = 0, stage1_steps = 0;
   for (const nlohmann::json& row : history) {
     if (!row.is_object()) continue;
-    if (row.value("stage", 1) == 2 && stage2_start < 0) stage2_start = index;
     const int step = row.contains("step") && row.at("step").is_number_integer() ? row.at("step").get<int>() : 0;
+    if (row.value("stage", 1) == 2 && stage2_start < 0) stage2_start = index, stage1_steps = last_step;
     if (first_step < 0) first_step = step;
     last_step = step;
     for (const auto& [name, value] : row.items()) {
@@ -112,8 +112,9 @@ std::string loss_chart(const nlohmann::json& history) {
       width, height, left, top, plot_w, plot_h);
   if (stage2_start >= 0)
     svg += fmt::format("<rect x=\"{:.1f}\" y=\"{}\" width=\"{:.1f}\" height=\"{:.1f}\" fill=\"#eef3fb\"/>"
-                       "<text x=\"{:.1f}\" y=\"{}\" class=\"axis\">stage II</text>",
-                       px(stage2_start), top, left + plot_w - px(stage2_start), plot_h, px(stage2_start) + 4, top + 14);
+                       "<text x=\"{:.1f}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">{} | stage II: 1</text>",
+                       px(stage2_start), top, left + plot_w - px(stage2_start), plot_h, px(stage2_start),
+                       top + plot_h + 14, stage1_steps);
   for (int decade = static_cast<int>(std::ceil(lo)); decade <= static_cast<int>(std::floor(hi)); ++decade) {
     const double y = py(std::pow(10.0, decade));
     svg += fmt::format("<line x1=\"{}\" x2=\"{:.1f}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"#ddd\"/>"
@@ -121,7 +122,7 @@ std::string loss_chart(const nlohmann::json& history) {
                        left, left + plot_w, y, y, left - 6, y + 4, decade);
   }
   svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" class=\"axis\" text-anchor=\"middle\">training step "
-                     "(stage I, then stage II); loss on a log scale</text>"
+                     "of each stage; loss on a log scale</text>"
                      "<text x=\"{}\" y=\"{}\" class=\"axis\">{}</text>"
                      "<text x=\"{:.1f}\" y=\"{}\" class=\"axis\" text-anchor=\"end\">{}</text>",
                      left + plot_w / 2, height - 8, left, top + plot_h + 14, first_step, left + plot_w,
@@ -264,11 +265,14 @@ std::string concept_report_html(const std::string& concept_dir, const nlohmann::
   if (eval) {
     if (!eval->contains("scores")) throw Error("the --eval file is not a record of eval images");
     body += "<h2>Metrics</h2>" + metrics_section(eval->at("scores"));
+    auto model_name = [&](const char* key) {
+      const std::string path = eval->at("models").value(key, "");
+      return path.empty() ? std::string("none") : escape(path);
+    };
     body += fmt::format("<p class=\"note\">Regions: masks from <code>{}</code>; outside the region filled with grey "
                         "({}). Models: CLIP <code>{}</code>, DINO <code>{}</code>, LPIPS <code>{}</code>.</p>",
                         escape(eval->value("masks", "")), eval->value("region_fill", 127),
-                        escape(eval->at("models").value("clip", "")), escape(eval->at("models").value("dino", "")),
-                        escape(eval->at("models").value("lpips", "")));
+                        model_name("clip"), model_name("dino"), model_name("lpips"));
     body += "<h2>Generations by prompt</h2>" + generations_section(*eval, eval->at("scores"), 16);
   } else {
     body += "<p class=\"note\">No metrics: pass --eval with the JSON of <code>singleinsert eval images</code>.</p>";
