@@ -138,6 +138,36 @@ TEST(EvalImages, PrintsTheSevenFiguresForTheToyWorldDemoConcept) {
   EXPECT_EQ(read_file(page), html);
 }
 
+std::vector<std::string> with(std::vector<std::string> args, const std::string& flag, const std::string& value) {
+  const auto at = std::find(args.begin(), args.end(), flag);
+  if (at != args.end()) *(at + 1) = value;
+  else args.insert(args.end(), {flag, value});
+  return args;
+}
+
+TEST(EvalImages, AutomaticMasksFindTheFaceInAPhotograph) {
+  // --masks auto: the face detector and head masker of prepare. The astronaut photograph
+  // (python3-imageio) has a face; the cartoon generations have none the detector finds, so they
+  // get no region scores and a note says so.
+  const DemoRun& run = demo_run();
+  const std::string astronaut = "/usr/lib/python3/dist-packages/imageio/resources/images/astronaut.png";
+  ASSERT_TRUE(fs::exists(astronaut)) << "scripts/deps.sh installs python3-imageio";
+  const std::string images = testing::fresh_temp_dir("eval_images_auto");
+  fs::copy_file(astronaut, images + "/astronaut.png");
+  fs::copy_file(run.images + "/0000.png", images + "/0000.png");
+  const std::vector<std::string> args =
+      with(eval_args(run, images, images + "/scores.json"), "--masks", "auto");
+  const auto result = testing::run_cli(args);
+  ASSERT_EQ(result.exit_code, 0) << result.err;
+  const nlohmann::json rows = nlohmann::json::parse(std::ifstream(images + "/scores.json")).at("scores").at("images");
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].at("name"), "0000.png");
+  EXPECT_TRUE(rows[0].at("clip_i_f").is_null());
+  EXPECT_EQ(rows[1].at("name"), "astronaut.png");
+  for (const char* key : {"clip_i_f", "clip_i_b", "dino_f", "dino_b"}) EXPECT_TRUE(rows[1].at(key).is_number()) << key;
+  EXPECT_NE(result.err.find("1 image(s) without a foreground mask"), std::string::npos) << result.err;
+}
+
 // Each bad input: a non-zero exit, one line on stderr that says what is wrong, no --json written.
 void expect_refused(const std::vector<std::string>& args, const std::string& json, const std::string& needle) {
   const auto result = testing::run_cli(args);
@@ -147,12 +177,6 @@ void expect_refused(const std::vector<std::string>& args, const std::string& jso
   EXPECT_FALSE(fs::exists(json)) << needle;
 }
 
-std::vector<std::string> with(std::vector<std::string> args, const std::string& flag, const std::string& value) {
-  const auto at = std::find(args.begin(), args.end(), flag);
-  if (at != args.end()) *(at + 1) = value;
-  else args.insert(args.end(), {flag, value});
-  return args;
-}
 
 TEST(EvalImages, RefusesBadInputWithOneLineAndWritesNothing) {
   const DemoRun& run = demo_run();
