@@ -56,6 +56,26 @@ std::optional<double> optional_from(const nlohmann::json& object, const char* ke
 
 }  // namespace
 
+at::Tensor EditJudge::text_feature(const std::string& text) {
+  const auto found = texts_.find(text);
+  if (found != texts_.end()) return found->second;
+  at::NoGradGuard no_grad;
+  const at::Tensor ids = at::tensor(tokenizer_.tokenize(text).ids, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
+  at::Tensor feature = clip_.text_features(ids).to(at::kFloat).squeeze(0);
+  return texts_.emplace(text, feature / feature.norm()).first->second;
+}
+
+at::Tensor EditJudge::image_features(const std::vector<at::Tensor>& images) {
+  at::NoGradGuard no_grad;
+  return unit_features(images, clip_.processor(), [&](const at::Tensor& x) { return clip_.image_features(x); });
+}
+
+at::Tensor EditJudge::probability(const at::Tensor& image_features, const EditCheck& edit) {
+  const at::Tensor texts = at::stack({text_feature(edit.present), text_feature(edit.absent)});  // [2, D]
+  const at::Tensor logits = at::matmul(image_features, texts.t()) * std::exp(clip_.logit_scale());  // [N, 2]
+  return at::softmax(logits, 1).select(1, 0);
+}
+
 at::Tensor region_image(const at::Tensor& pixels, const at::Tensor& mask, bool foreground) {
   const at::Tensor inside = (mask > 127).unsqueeze(-1);  // [H, W, 1]
   const at::Tensor fill = at::full_like(pixels, kRegionFill);
@@ -85,9 +105,9 @@ ConceptScores score_generations(const MetricModels& models, const MetricImage& s
     regions.push_back(region_image(images[i].pixels, images[i].mask, false));
   }
   ClipModel& clip = *models.clip;
-  auto clip_images = [&](const at::Tensor& x) { return clip.image_features(x); };
-  const at::Tensor clip_whole = unit_features(whole, clip.processor(), clip_images);
-  const at::Tensor clip_regions = unit_features(regions, clip.processor(), clip_images);
+  EditJudge judge(clip, *models.tokenizer);
+  const at::Tensor clip_whole = judge.image_features(whole);
+  const at::Tensor clip_regions = judge.image_features(regions);
   at::Tensor dino_regions;
   if (models.dino) {
     dino_regions = unit_features(regions, models.dino->processor,
@@ -96,17 +116,6 @@ ConceptScores score_generations(const MetricModels& models, const MetricImage& s
     scores.notes.push_back("DINO-f and DINO-b need --dino");
   }
 
-  std::map<std::string, at::Tensor> text_cache;  // unit text features
-  auto text_feature = [&](const std::string& text) {
-    auto found = text_cache.find(text);
-    if (found != text_cache.end()) return found->second;
-    const TokenizedPrompt tokens = models.tokenizer->tokenize(text);
-    const at::Tensor ids = at::tensor(tokens.ids, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
-    at::Tensor feature = clip.text_features(ids).to(at::kFloat).squeeze(0);
-    feature = feature / feature.norm();
-    text_cache.emplace(text, feature);
-    return feature;
-  };
   auto cosine = [](const at::Tensor& a, const at::Tensor& b) { return at::dot(a, b).item<double>(); };
 
   int judged = 0, succeeded = 0;
@@ -114,7 +123,7 @@ ConceptScores score_generations(const MetricModels& models, const MetricImage& s
     ImageScores row;
     row.name = images[i].name;
     row.prompt = images[i].prompt;
-    row.clip_t = cosine(clip_whole[static_cast<int64_t>(i)], text_feature(prompt_without_trigger(row.prompt, trigger)));
+    row.clip_t = cosine(clip_whole[static_cast<int64_t>(i)], judge.text_feature(prompt_without_trigger(row.prompt, trigger)));
     if (region_row[i] >= 0) {
       const int64_t r = region_row[i];
       row.clip_i_f = cosine(clip_regions[r], clip_regions[0]);
@@ -129,9 +138,7 @@ ConceptScores score_generations(const MetricModels& models, const MetricImage& s
       row.listed = true;
       row.edit_success = true;
       for (const EditCheck& edit : entry->edits) {
-        const at::Tensor texts = at::stack({text_feature(edit.present), text_feature(edit.absent)});
-        const at::Tensor logits = at::matmul(texts, clip_whole[static_cast<int64_t>(i)]) * std::exp(clip.logit_scale());
-        const double p = at::softmax(logits, 0)[0].item<double>();
+        const double p = judge.probability(clip_whole.slice(0, i, i + 1), edit)[0].item<double>();
         row.edits.push_back({edit.name, p});
         row.edit_success = row.edit_success && p > 0.5;
       }

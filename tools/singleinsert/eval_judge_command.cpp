@@ -19,6 +19,7 @@
 #include "singleinsert/io/image_file.h"
 #include "singleinsert/io/png.h"
 #include "singleinsert/metrics/clip_model.h"
+#include "singleinsert/metrics/concept_metrics.h"
 #include "singleinsert/metrics/editing_prompts.h"
 #include "singleinsert/world/clip_training.h"
 #include "singleinsert/world/detector.h"
@@ -157,23 +158,11 @@ void add_judge(CLI::App& eval) {
     const ClipTokenizer tokenizer = ClipTokenizer::load(args->clip);
     world::WorldDetector detector = world::load_detector(args->detector);
     at::NoGradGuard no_grad;
-    std::map<std::string, at::Tensor> text_cache;
-    auto text_feature = [&](const std::string& text) {
-      auto found = text_cache.find(text);
-      if (found != text_cache.end()) return found->second;
-      const at::Tensor ids = at::tensor(tokenizer.tokenize(text).ids, at::kLong).unsqueeze(0);
-      at::Tensor f = clip.text_features(ids).squeeze(0);
-      f = f / f.norm();
-      return text_cache.emplace(text, f).first->second;
-    };
-    // P(present) for each image of `pixels` (uint8 [N, H, W, 3]).
+    // eval images' judge itself: P(present) for each image of `pixels` (uint8 [N, H, W, 3]).
+    EditJudge edit_judge(clip, tokenizer);
     auto judge = [&](const at::Tensor& pixels, const std::string& edit) {
-      std::vector<at::Tensor> batch;
-      for (int64_t i = 0; i < pixels.size(0); ++i) batch.push_back(clip.processor()(pixels[i]));
-      at::Tensor f = clip.image_features(at::cat(batch, 0));
-      f = f / f.norm(2, -1, true);
-      const at::Tensor t = at::stack({text_feature(texts.at(edit).first), text_feature(texts.at(edit).second)});
-      return at::softmax(at::matmul(f, t.t()) * std::exp(clip.logit_scale()), 1).select(1, 0);
+      const at::Tensor features = edit_judge.image_features(std::vector<at::Tensor>(pixels.unbind(0)));
+      return edit_judge.probability(features, {edit, texts.at(edit).first, texts.at(edit).second});
     };
     nlohmann::json record = {{"clip", args->clip}, {"detector", args->detector}, {"edits", args->edits}};
 

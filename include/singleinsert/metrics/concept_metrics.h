@@ -70,6 +70,24 @@ struct ConceptScores {
   std::vector<std::string> notes;  // what was left out and why
 };
 
+// The ESR judge: CLIP zero-shot between an edit's text and its absence. An edit is shown when
+// P(present) = softmax(logit_scale * cosine)[present] > 0.5.
+class EditJudge {
+ public:
+  EditJudge(ClipModel& clip, const ClipTokenizer& tokenizer) : clip_(clip), tokenizer_(tokenizer) {}
+  // Unit-length CLIP text features [D] of `text` (cached).
+  at::Tensor text_feature(const std::string& text);
+  // Unit-length image features [N, D] of uint8 [H, W, 3] images (the model's preprocessing).
+  at::Tensor image_features(const std::vector<at::Tensor>& images);
+  // P(present) [N] for unit image features [N, D].
+  at::Tensor probability(const at::Tensor& image_features, const EditCheck& edit);
+
+ private:
+  ClipModel& clip_;
+  const ClipTokenizer& tokenizer_;
+  std::map<std::string, at::Tensor> texts_;
+};
+
 // uint8 [H, W, 3] with the region outside (foreground) or inside (background) `mask` filled.
 at::Tensor region_image(const at::Tensor& pixels, const at::Tensor& mask, bool foreground);
 
