@@ -9,6 +9,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <thread>
+
+#include <signal.h>
 
 #include "cli_runner.h"
 #include "singleinsert/core/files.h"
@@ -290,6 +293,46 @@ TEST(WorldJudge, TrainsAClipThatEvalImagesAndJudgeRead) {
   EXPECT_EQ(record.at("generations").at("images"), 4);  // the sunglasses and hat prompts, two images each
   // The detector reads renders it was trained on.
   EXPECT_GE(record.at("renders").at("detector_vs_truth").at("agreement").get<double>(), 0.9);
+}
+
+TEST(WorldJudge, TrainClipStoppedByCtrlCResumesToTheSameWeights) {
+  const DemoRun& run = demo_run();
+  const std::string dir = testing::fresh_temp_dir("world_clip_resume");
+  auto args = [&](const std::string& out) {
+    return std::vector<std::string>{"eval", "train-clip", "--tokenizer", run.tokenizer, "--out", out, "--steps", "100",
+                                    "--batch-size", "4", "--width", "16", "--layers", "1", "--vae", run.model,
+                                    "--checkpoint-every", "20"};
+  };
+  const auto whole = testing::run_cli(args(dir + "/whole"));
+  ASSERT_EQ(whole.exit_code, 0) << whole.err;
+
+  // Ctrl-C once the first checkpoint is there: a checkpoint of that moment, and an error.
+  const testing::CliProcess process = testing::spawn_cli(args(dir + "/stopped"));
+  const fs::path checkpoint = dir + "/stopped.partial/checkpoint.safetensors";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+  while (!fs::exists(checkpoint) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  ASSERT_TRUE(fs::exists(checkpoint));
+  kill(process.pid, SIGINT);
+  const testing::CliResult stopped = testing::wait_cli(process);
+  EXPECT_NE(stopped.exit_code, 0);
+  EXPECT_NE(stopped.err.find("--resume continues"), std::string::npos) << stopped.err;
+  EXPECT_FALSE(fs::exists(dir + "/stopped"));
+
+  const auto again = testing::run_cli(args(dir + "/stopped"));
+  EXPECT_NE(again.exit_code, 0);
+  EXPECT_NE(again.err.find("an interrupted run is there"), std::string::npos) << again.err;
+  std::vector<std::string> other = args(dir + "/stopped");
+  other.insert(other.end(), {"--resume", "--seed", "1"});
+  const auto changed = testing::run_cli(other);
+  EXPECT_NE(changed.exit_code, 0);
+  EXPECT_NE(changed.err.find("had other settings"), std::string::npos) << changed.err;
+  std::vector<std::string> resume = args(dir + "/stopped");
+  resume.push_back("--resume");
+  const auto resumed = testing::run_cli(resume);
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_FALSE(fs::exists(dir + "/stopped.partial"));
+  EXPECT_EQ(read_file(dir + "/stopped/model.safetensors"), read_file(dir + "/whole/model.safetensors"));
 }
 
 }  // namespace

@@ -114,15 +114,37 @@ void ClipModel::save(const std::string& folder) const {
       {"resample", processor_.bicubic ? 3 : 2}, {"do_rescale", true}, {"rescale_factor", 1.0 / 255.0},
       {"do_normalize", true}, {"image_mean", processor_.mean}, {"image_std", processor_.std},
       {"do_convert_rgb", true}};
+  fs::create_directories(folder);
+  save_safetensors((fs::path(folder) / "model.safetensors").string(), weights(), {{"format", "pt"}});
+  write_file_atomic((fs::path(folder) / "preprocessor_config.json").string(), preprocessor.dump(2) + "\n");
+  write_file_atomic((fs::path(folder) / "config.json").string(), config.dump(2) + "\n");
+}
+
+NamedTensors ClipModel::weights() const {
   NamedTensors tensors;
   for (const auto& [key, value] : state_dict(*text_)) tensors.emplace_back(key, value.to(at::kFloat).contiguous());
   for (const auto& [key, value] : state_dict(*vision_)) tensors.emplace_back(key, value.to(at::kFloat).contiguous());
   tensors.emplace_back("text_projection.weight", text_projection_->weight.detach().to(at::kFloat).contiguous());
   tensors.emplace_back("logit_scale", logit_scale_tensor_.detach().clone());
-  fs::create_directories(folder);
-  save_safetensors((fs::path(folder) / "model.safetensors").string(), tensors, {{"format", "pt"}});
-  write_file_atomic((fs::path(folder) / "preprocessor_config.json").string(), preprocessor.dump(2) + "\n");
-  write_file_atomic((fs::path(folder) / "config.json").string(), config.dump(2) + "\n");
+  return tensors;
+}
+
+void ClipModel::load_weights(const std::map<std::string, at::Tensor>& weights, const std::string& origin) {
+  std::map<std::string, at::Tensor> text, vision, projection;
+  for (const auto& [key, value] : weights) {
+    if (key.rfind("text_model.", 0) == 0) text[key] = value;
+    else if (key.rfind("vision_model.", 0) == 0 || key == "visual_projection.weight") vision[key] = value;
+    else if (key == "text_projection.weight") projection["weight"] = value;
+    else if (key != "logit_scale") throw Error(fmt::format("{}: unexpected tensor '{}' for a CLIPModel", origin, key));
+  }
+  const auto scale = weights.find("logit_scale");
+  if (scale == weights.end() || scale->second.numel() != 1)
+    throw Error(fmt::format("{}: missing tensor 'logit_scale'", origin));
+  load_state_dict(*text_, text, origin);
+  load_state_dict(*vision_, vision, origin);
+  load_state_dict(*text_projection_, projection, origin + " (text_projection)");
+  at::NoGradGuard no_grad;
+  logit_scale_tensor_.copy_(scale->second.reshape({}));
 }
 
 std::vector<at::Tensor> ClipModel::parameters() const {

@@ -1,12 +1,17 @@
 #include "singleinsert/world/clip_training.h"
 
 #include <ATen/ATen.h>
+#include <fmt/format.h>
 
 #include <chrono>
 #include <cmath>
+#include <map>
 #include <optional>
 
 #include "singleinsert/core/error.h"
+#include "singleinsert/core/files.h"
+#include "singleinsert/core/interrupt.h"
+#include "singleinsert/core/safetensors.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/torch_compat.h"
 #include "singleinsert/training/adamw.h"
@@ -45,9 +50,39 @@ ClipModel train_world_clip(const ClipTrainingOptions& options, const ClipTokeniz
   ClipModel model = ClipModel::create(text, vision, generator);
   model.train(true);
   AdamW optimizer(model.parameters(), {options.lr, 0.9, 0.98, 1e-6, 0.1});
+  int first_step = 0;
+  if (options.resume) {
+    const SafetensorsFile file = SafetensorsFile::open(options.checkpoint);
+    std::map<std::string, at::Tensor> weights, moments;
+    for (const std::string& key : file.keys()) {
+      if (key.rfind("model.", 0) == 0) weights[key.substr(6)] = file.tensor(key);
+      else if (key.rfind("adamw.", 0) == 0) moments[key.substr(6)] = file.tensor(key);
+    }
+    model.load_weights(weights, options.checkpoint);
+    optimizer.load_state(moments, options.checkpoint);
+    const auto meta = file.metadata().find("step");
+    if (meta == file.metadata().end()) throw Error(options.checkpoint + ": a checkpoint without its step");
+    first_step = std::stoi(meta->second);
+    if (first_step < 0 || first_step > options.steps)
+      throw Error(fmt::format("{}: step {} is beyond --steps {}", options.checkpoint, first_step, options.steps));
+    // The generator's draws of the steps already taken, so that the rest are the same.
+    if (vae)
+      for (int step = 0; step < first_step; ++step) at::rand({1}, generator);
+  }
+  const auto save_checkpoint = [&](int steps_done) {
+    NamedTensors tensors;
+    for (auto& [key, value] : model.weights()) tensors.emplace_back("model." + key, value);
+    for (auto& [key, value] : optimizer.state()) tensors.emplace_back("adamw." + key, value);
+    const std::string bytes = safetensors_bytes(tensors, {{"step", std::to_string(steps_done)}});
+    write_file_atomic(options.checkpoint, bytes);
+  };
   const at::Tensor targets = at::arange(options.batch_size, at::kLong);
   const auto start = std::chrono::steady_clock::now();
-  for (int step = 0; step < options.steps; ++step) {
+  for (int step = first_step; step < options.steps; ++step) {
+    if (!options.checkpoint.empty() && interrupt_requested()) {
+      save_checkpoint(step);
+      throw Error(fmt::format("interrupted at step {}; --resume continues from {}", step, options.checkpoint));
+    }
     std::vector<at::Tensor> images, ids;
     int64_t longest = 1;
     for (int i = 0; i < options.batch_size; ++i) {
@@ -99,6 +134,9 @@ ClipModel train_world_clip(const ClipTrainingOptions& options, const ClipTokeniz
       at::NoGradGuard no_grad;
       model.logit_scale_parameter().clamp_(0.0, std::log(100.0));  // CLIP's cap
     }
+    if (!options.checkpoint.empty() && options.checkpoint_every > 0 && (step + 1) % options.checkpoint_every == 0 &&
+        step + 1 < options.steps)
+      save_checkpoint(step + 1);
     if (progress) {
       const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       progress({"clip", step + 1, options.steps, elapsed,

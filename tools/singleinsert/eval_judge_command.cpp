@@ -13,6 +13,7 @@
 #include "commands.h"
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
+#include "singleinsert/core/interrupt.h"
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/core/state_dict.h"
@@ -59,11 +60,38 @@ void add_train_clip(CLI::App& eval) {
   command->add_option("--precision", args->precision, "fp32|bf16: the forward passes")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "bf16"}));
+  command->add_option("--checkpoint-every", args->options.checkpoint_every,
+                      "Steps between checkpoints in OUT.partial (and one on Ctrl-C); 0: only on Ctrl-C")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  command->add_flag("--resume", args->options.resume,
+                    "Continue the interrupted run in OUT.partial (same flags) to the weights of an uninterrupted one");
   command->callback([args] {
     args->options.bf16 = args->precision == "bf16";
     if (args->options.width % args->options.heads != 0) throw Error("train-clip: --width must be a multiple of 4");
     const ClipTokenizer tokenizer = ClipTokenizer::load(args->tokenizer);
-    OutputDirectory out(args->out, /*overwrite=*/false);
+    if (fs::exists(args->out)) throw Error(args->out + ": already exists");
+    // The run is built in OUT.partial (its checkpoint there meanwhile) and renamed when complete.
+    const fs::path partial = fs::path(args->out).lexically_normal().string() + ".partial";
+    args->options.checkpoint = (partial / "checkpoint.safetensors").string();
+    const nlohmann::json settings = {{"steps", args->options.steps},   {"batch_size", args->options.batch_size},
+                                     {"lr", args->options.lr},         {"seed", args->options.seed},
+                                     {"width", args->options.width},   {"layers", args->options.layers},
+                                     {"vae", args->vae_model},         {"vae_share", args->options.vae_share},
+                                     {"precision", args->precision}};
+    if (args->options.resume) {
+      if (!fs::exists(args->options.checkpoint))
+        throw Error(partial.string() + ": no checkpoint to resume (run without --resume)");
+      const nlohmann::json saved = nlohmann::json::parse(read_file((partial / "settings.json").string()));
+      if (saved != settings)
+        throw Error(partial.string() + ": that run had other settings (" + saved.dump() + "); resume it with them");
+    } else {
+      if (fs::exists(partial))
+        throw Error(partial.string() + ": an interrupted run is there; --resume continues it, or remove it");
+      fs::create_directories(partial);
+      write_file_atomic((partial / "settings.json").string(), settings.dump(2) + "\n");
+    }
+    install_interrupt_handler();
     AutoencoderKL vae{nullptr};
     if (!args->vae_model.empty()) {
       const fs::path dir = fs::path(args->vae_model) / "vae";
@@ -83,18 +111,17 @@ void add_train_clip(CLI::App& eval) {
         vae ? &vae : nullptr);
     progress.finish();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    clip.save(args->out);
+    clip.save(partial.string());
     for (const char* name : {"vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"})
       if (fs::exists(fs::path(args->tokenizer) / name))
-        fs::copy_file(fs::path(args->tokenizer) / name, fs::path(args->out) / name);
-    const nlohmann::json record = {{"steps", args->options.steps}, {"batch_size", args->options.batch_size},
-                                   {"lr", args->options.lr},       {"seed", args->options.seed},
-                                   {"width", args->options.width}, {"layers", args->options.layers},
-                                   {"vae", args->vae_model},       {"vae_share", args->options.vae_share},
-                                   {"precision", args->precision}, {"final_loss", last_loss},
-                                   {"seconds", seconds}};
-    write_file_atomic((fs::path(args->out) / "train_clip.json").string(), record.dump(2) + "\n");
-    out.commit();
+        fs::copy_file(fs::path(args->tokenizer) / name, partial / name, fs::copy_options::overwrite_existing);
+    nlohmann::json record = settings;
+    record["final_loss"] = last_loss;
+    record["seconds"] = seconds;  // of this run (after a --resume: of its part)
+    write_file_atomic((partial / "train_clip.json").string(), record.dump(2) + "\n");
+    fs::remove(args->options.checkpoint);
+    fs::remove(partial / "settings.json");
+    fs::rename(partial, args->out);
     std::printf("final_loss\t%.4f\nseconds\t%.1f\n", last_loss, seconds);
   });
 }

@@ -5,8 +5,11 @@
 // text_model.*, vision_model.*, text_projection.weight, visual_projection.weight, logit_scale.
 #include <ATen/core/Tensor.h>
 
+#include <map>
 #include <string>
 #include <vector>
+
+#include "singleinsert/core/safetensors.h"
 
 #include "singleinsert/metrics/image_processing.h"
 #include "singleinsert/models/clip_text_model.h"
@@ -30,6 +33,9 @@ class ClipModel {
   at::Tensor text_features(const at::Tensor& input_ids);  // [B, L] int64 -> [B, projection_dim]
   at::Tensor image_features(const at::Tensor& pixels);    // [B, 3, S, S] normalised -> [B, projection_dim]
   std::vector<at::Tensor> parameters() const;  // every weight, logit_scale last
+  // The weights as save() writes them, and back (strict: every key, every shape).
+  NamedTensors weights() const;
+  void load_weights(const std::map<std::string, at::Tensor>& weights, const std::string& origin);
   at::Tensor logit_scale_parameter() const { return logit_scale_tensor_; }
   void train(bool on);
   // CLIPModel's logits_per_image: logit_scale.exp() * cosine, [images, texts].

@@ -24,9 +24,14 @@ struct ClipTrainingOptions {
   int64_t image_size = 64, patch_size = 8;
   double vae_share = 0.5;  // of the batches decoded by the world model's VAE (generations are its images)
   bool bf16 = true;        // autocast the forward passes
+  // A checkpoint (weights, AdamW's moments, the step) is written here every `checkpoint_every`
+  // steps and on Ctrl-C (then the run stops with an Error); empty: none.
+  std::string checkpoint;
+  int checkpoint_every = 200;
+  bool resume = false;  // continue from `checkpoint` to exactly the weights of an uninterrupted run
 };
 
-// Trains on scenes first_scene.. (kept below the held-out range). `vae` may be null.
+// Trains on scenes 0, 1, ... (kept below the held-out range). `vae` may be null.
 ClipModel train_world_clip(const ClipTrainingOptions& options, const ClipTokenizer& tokenizer,
                            const ProgressCallback& progress = {}, AutoencoderKL* vae = nullptr);
 
