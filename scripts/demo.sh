@@ -70,7 +70,7 @@ if [ "$model" = "$world_model" ]; then
   # The paper's image metrics, with the CLIP trained on the world (assets/world/world_clip), and the
   # report page.
   "$bin" eval images --concept "$out/concept" --images "$out/images" --clip assets/world/world_clip \
-    --masks source --edits assets/editing_prompts/world.json --json "$out/metrics.json" 2>/dev/null |
+    --clip-tokenizer "$model/tokenizer" --masks source --edits assets/editing_prompts/world.json --json "$out/metrics.json" 2>/dev/null |
     grep -E '^(CLIP-I-f|CLIP-I-b|CLIP-T|ESR)\b' | sed 's/^/   /' >&2
   "$bin" report --concept "$out/concept" --eval "$out/metrics.json" --out "$out/report.html" 2>/dev/null
   echo "   the paper's figures with the world's CLIP (DINO and DIV need real metric models): $out/metrics.json;" \

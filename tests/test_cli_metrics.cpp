@@ -277,13 +277,19 @@ TEST(WorldJudge, TrainsAClipThatEvalImagesAndJudgeRead) {
                                          "--steps", "2", "--batch-size", "4", "--width", "16", "--layers", "1"});
   ASSERT_EQ(trained.exit_code, 0) << trained.err;
   EXPECT_NE(trained.out.find("final_loss\t"), std::string::npos) << trained.out;
-  // The folder has its tokenizer: eval images needs no --clip-tokenizer.
-  const auto scored = testing::run_cli({"eval", "images", "--concept", run.concept_dir, "--images", run.images, "--clip",
-                                        dir + "/clip", "--masks", "source", "--edits",
-                                        kSource + "/assets/editing_prompts/world.json"});
+  // A folder without a tokenizer is told where to find one; the world's is given.
+  std::vector<std::string> score = {"eval", "images", "--concept", run.concept_dir, "--images", run.images, "--clip",
+                                    dir + "/clip", "--masks", "source", "--edits",
+                                    kSource + "/assets/editing_prompts/world.json"};
+  const auto untokenized = testing::run_cli(score);
+  EXPECT_NE(untokenized.exit_code, 0);
+  EXPECT_NE(untokenized.err.find("pass --clip-tokenizer DIR"), std::string::npos) << untokenized.err;
+  score.insert(score.end(), {"--clip-tokenizer", run.tokenizer});
+  const auto scored = testing::run_cli(score);
   ASSERT_EQ(scored.exit_code, 0) << scored.err;
   EXPECT_GE(figure_line(scored.out, "ESR"), 0.0) << scored.out;
-  const auto judged = testing::run_cli({"eval", "judge", "--clip", dir + "/clip", "--detector",
+  const auto judged = testing::run_cli({"eval", "judge", "--clip", dir + "/clip", "--clip-tokenizer", run.tokenizer,
+                                        "--detector",
                                         kSource + "/assets/world/world_detector.safetensors", "--edits",
                                         kSource + "/assets/editing_prompts/world.json", "--renders", "2", "--images",
                                         run.images, "--json", dir + "/judge.json"});

@@ -125,22 +125,21 @@ TEST(MetricModels, RefuseAFolderOfAnotherKind) {
   expect_error_mentioning([] { ClipModel::load(metrics_data("no_such_folder")); }, "not a folder");
 }
 
-TEST(MetricModels, NameAMissingTensor) {
-  // The DINO weights without one layer's query projection.
-  BrokenFolder dino("dino_tiny");
-  const SafetensorsFile file = SafetensorsFile::open((dino.path / "model.safetensors").string());
+// Rewrites a weights file without one tensor.
+void remove_tensor(const fs::path& file, const std::string& removed) {
+  const SafetensorsFile weights = SafetensorsFile::open(file.string());
   NamedTensors kept;
-  for (const std::string& key : file.keys())
-    if (key != "encoder.layer.1.attention.attention.query.weight") kept.emplace_back(key, file.tensor(key));
-  save_safetensors((dino.path / "model.safetensors").string(), kept);
-  expect_error_mentioning([&] { load_vit_model(dino.path.string()); }, "encoder.layer.1.attention.attention.query.weight");
+  for (const std::string& key : weights.keys())
+    if (key != removed) kept.emplace_back(key, weights.tensor(key));
+  save_safetensors(file.string(), kept);
+}
 
+TEST(MetricModels, NameAMissingTensor) {
+  BrokenFolder dino("dino_tiny");
+  remove_tensor(dino.path / "model.safetensors", "encoder.layer.1.attention.attention.query.weight");
+  expect_error_mentioning([&] { load_vit_model(dino.path.string()); }, "encoder.layer.1.attention.attention.query.weight");
   BrokenFolder clip("clip_tiny");
-  const SafetensorsFile clip_file = SafetensorsFile::open((clip.path / "model.safetensors").string());
-  NamedTensors clip_kept;
-  for (const std::string& key : clip_file.keys())
-    if (key != "text_projection.weight") clip_kept.emplace_back(key, clip_file.tensor(key));
-  save_safetensors((clip.path / "model.safetensors").string(), clip_kept);
+  remove_tensor(clip.path / "model.safetensors", "text_projection.weight");
   expect_error_mentioning([&] { ClipModel::load(clip.path.string()); }, "text_projection.weight");
 }
 

@@ -19,6 +19,13 @@ namespace fs = std::filesystem;
 
 namespace singleinsert {
 
+ClipTokenizer load_clip_tokenizer(const std::string& clip_folder, const std::string& requested) {
+  if (!requested.empty()) return ClipTokenizer::load(requested);
+  for (const fs::path& dir : {fs::path(clip_folder), fs::path(clip_folder) / "tokenizer"})
+    if (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) return ClipTokenizer::load(dir.string());
+  throw Error(clip_folder + ": no vocab.json and merges.txt for CLIP's tokenizer (pass --clip-tokenizer DIR)");
+}
+
 ClipModel ClipModel::load(const std::string& folder, at::ScalarType dtype) {
   const JsonConfig config = read_metric_config(folder, "CLIP", {"clip"});
   const nlohmann::json& j = config.json();

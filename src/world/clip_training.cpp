@@ -77,6 +77,11 @@ ClipModel train_world_clip(const ClipTrainingOptions& options, const ClipTokeniz
     write_file_atomic(options.checkpoint, bytes);
   };
   const at::Tensor targets = at::arange(options.batch_size, at::kLong);
+  // The processor's normalisation, undone and redone around the VAE.
+  const at::Tensor mean =
+      at::tensor(std::vector<float>(model.processor().mean.begin(), model.processor().mean.end())).view({1, 3, 1, 1});
+  const at::Tensor std =
+      at::tensor(std::vector<float>(model.processor().std.begin(), model.processor().std.end())).view({1, 3, 1, 1});
   const auto start = std::chrono::steady_clock::now();
   for (int step = first_step; step < options.steps; ++step) {
     if (!options.checkpoint.empty() && interrupt_requested()) {
@@ -99,10 +104,6 @@ ClipModel train_world_clip(const ClipTrainingOptions& options, const ClipTokeniz
     if (vae && at::rand({1}, generator).item<double>() < options.vae_share) {
       // What generations look like: the renders through the world model's VAE.
       at::NoGradGuard no_grad;
-      const at::Tensor mean = at::tensor(std::vector<float>(model.processor().mean.begin(), model.processor().mean.end()))
-                                  .view({1, 3, 1, 1});
-      const at::Tensor std = at::tensor(std::vector<float>(model.processor().std.begin(), model.processor().std.end()))
-                                 .view({1, 3, 1, 1});
       const at::Tensor unit = pixels * std + mean;  // [0, 1]
       std::optional<compat::AutocastGuard> autocast;
       if (options.bf16) autocast.emplace(c10::DeviceType::CPU, at::kBFloat16);

@@ -4,11 +4,16 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/json_config.h"
+#include "singleinsert/core/safetensors.h"
+#include "singleinsert/core/state_dict.h"
+#include "singleinsert/io/png.h"
 #include "singleinsert/models/vae.h"
 
 #include <optional>
@@ -101,6 +106,45 @@ std::string format_duration(double seconds) {
   const auto total = static_cast<long>(seconds + 0.5);
   if (total >= 3600) return fmt::format("{}:{:02}:{:02}", total / 3600, (total / 60) % 60, total % 60);
   return fmt::format("{}:{:02}", total / 60, total % 60);
+}
+
+AutoencoderKL load_model_vae(const std::string& model_folder) {
+  const std::filesystem::path dir = std::filesystem::path(model_folder) / "vae";
+  AutoencoderKL vae(VaeConfig::from_json(JsonConfig::load((dir / "config.json").string())));
+  load_state_dict(*vae, SafetensorsFile::open((dir / "diffusion_pytorch_model.safetensors").string()));
+  vae->eval();
+  return vae;
+}
+
+std::vector<std::filesystem::path> generation_files(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir)) throw Error(dir + ": not a folder");
+  std::vector<fs::path> files;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const fs::path& path = entry.path();
+    std::string ext = path.extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
+    const bool image = ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".webp" || ext == ".bmp";
+    const std::string stem = path.stem().string();
+    const bool mask = stem.size() > 5 && stem.compare(stem.size() - 5, 5, "_mask") == 0;
+    if (entry.is_regular_file() && image && !mask && path.filename() != "grid.png") files.push_back(path);
+  }
+  if (files.empty()) throw Error(dir + ": no images (.png, .jpg, .jpeg, .webp, .bmp)");
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+std::string recorded_prompt(const std::filesystem::path& path) {
+  if (path.extension() != ".png") return {};
+  const auto text = read_png_text(path.string());
+  const auto record = text.find("singleinsert");
+  if (record != text.end()) {
+    const nlohmann::json json = nlohmann::json::parse(record->second, nullptr, /*allow_exceptions=*/false);
+    if (json.is_object() && json.contains("prompt") && json.at("prompt").is_string())
+      return json.at("prompt").get<std::string>();
+  }
+  const auto plain = text.find("prompt");
+  return plain != text.end() ? plain->second : std::string();
 }
 
 }  // namespace singleinsert::cli

@@ -1,7 +1,9 @@
 #pragma once
 // Shared pieces of the command line: progress on a terminal, one-line errors, output folders.
 #include <chrono>
+#include <filesystem>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -55,6 +57,16 @@ void add_model_flags(CLI::App* command, ModelFlags& flags);
 // The model's native image size (UNet sample_size x VAE factor; 512 for SD v1.5).
 int native_image_size(const ModelFlags& flags);
 int64_t vae_factor(const ModelFlags& flags);
+// Only the VAE of a diffusers model folder (its folder needs no tokenizer), in eval mode.
+AutoencoderKL load_model_vae(const std::string& model_folder);
+
+// The generations in a folder: image files in name order, without generate's grid.png and
+// *_mask.png files. Error for a missing or empty folder.
+std::vector<std::filesystem::path> generation_files(const std::string& dir);
+// The prompt `generate` recorded in a PNG (its "singleinsert" record, else a "prompt" chunk);
+// empty when the file records none.
+std::string recorded_prompt(const std::filesystem::path& path);
+
 // The UNet's and VAE's configs, read without loading weights (SD v1.5's when a file has none).
 UNetConfig unet_config(const ModelFlags& flags);
 VaeConfig vae_config(const ModelFlags& flags);

@@ -73,13 +73,8 @@ void add_train_detector(CLI::App& eval) {
     if (fs::exists(args->out)) throw Error(args->out + ": already exists");
     write_file_atomic(args->out + ".probe", "");  // an unwritable destination fails before training
     fs::remove(args->out + ".probe");
-    AutoencoderKL vae{nullptr};  // only the model's VAE: its folder needs no tokenizer
-    if (!args->vae_model.empty()) {
-      const fs::path dir = fs::path(args->vae_model) / "vae";
-      vae = AutoencoderKL(VaeConfig::from_json(JsonConfig::load((dir / "config.json").string())));
-      load_state_dict(*vae, SafetensorsFile::open((dir / "diffusion_pytorch_model.safetensors").string()));
-      vae->eval();
-    }
+    AutoencoderKL vae{nullptr};
+    if (!args->vae_model.empty()) vae = load_model_vae(args->vae_model);
     ProgressLine progress;
     world::WorldDetector detector = world::train_detector(args->options, std::ref(progress), vae ? &vae : nullptr);
     progress.finish();

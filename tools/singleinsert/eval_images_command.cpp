@@ -15,7 +15,6 @@
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
 #include "singleinsert/io/image_file.h"
-#include "singleinsert/io/png.h"
 #include "singleinsert/metrics/concept_metrics.h"
 #include "singleinsert/prepare/face_detection.h"
 #include "singleinsert/training/concept.h"
@@ -25,58 +24,11 @@ namespace fs = std::filesystem;
 namespace singleinsert::cli {
 namespace {
 
-bool is_image_file(const fs::path& path) {
-  std::string ext = path.extension().string();
-  std::transform(ext.begin(), ext.end(), ext.begin(), [](unsigned char c) { return std::tolower(c); });
-  return ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".webp" || ext == ".bmp";
-}
-
-// The generations in `dir`: image files in name order, without generate's grid.png and masks.
-std::vector<fs::path> generation_files(const std::string& dir) {
-  if (!fs::is_directory(dir)) throw Error(dir + ": not a folder");
-  std::vector<fs::path> files;
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const fs::path& path = entry.path();
-    const std::string stem = path.stem().string();
-    if (!entry.is_regular_file() || !is_image_file(path) || path.filename() == "grid.png") continue;
-    if (stem.size() > 5 && stem.compare(stem.size() - 5, 5, "_mask") == 0) continue;
-    files.push_back(path);
-  }
-  if (files.empty()) throw Error(dir + ": no images (.png, .jpg, .jpeg, .webp, .bmp)");
-  std::sort(files.begin(), files.end());
-  return files;
-}
-
-// The prompt `generate` recorded in the PNG, else `fallback`.
-std::string recorded_prompt(const fs::path& path, const std::string& fallback) {
-  if (path.extension() == ".png") {
-    const auto text = read_png_text(path.string());
-    const auto record = text.find("singleinsert");
-    if (record != text.end()) {
-      const nlohmann::json json = nlohmann::json::parse(record->second, nullptr, /*allow_exceptions=*/false);
-      if (json.is_object() && json.contains("prompt") && json.at("prompt").is_string())
-        return json.at("prompt").get<std::string>();
-    }
-    const auto plain = text.find("prompt");
-    if (plain != text.end()) return plain->second;
-  }
-  if (fallback.empty())
-    throw Error(path.string() + ": no prompt recorded in the file (pass --prompt for images from elsewhere)");
-  return fallback;
-}
-
 at::Tensor read_mask(const fs::path& path) {  // uint8 [H, W]
   return read_image_rgb(path.string()).pixels.to(at::kFloat).mean(2).round().to(at::kByte);
 }
 
 std::string figure(const std::optional<double>& value) { return value ? fmt::format("{:.4f}", *value) : "-"; }
-
-ClipTokenizer clip_tokenizer(const std::string& clip, const std::string& requested) {
-  if (!requested.empty()) return ClipTokenizer::load(requested);
-  for (const fs::path& dir : {fs::path(clip), fs::path(clip) / "tokenizer"})
-    if (fs::exists(dir / "vocab.json") && fs::exists(dir / "merges.txt")) return ClipTokenizer::load(dir.string());
-  throw Error(clip + ": no vocab.json and merges.txt for CLIP's tokenizer (pass --clip-tokenizer DIR)");
-}
 
 }  // namespace
 
@@ -125,8 +77,11 @@ void add_eval_images_command(CLI::App& eval) {
 
     std::vector<MetricImage> images;
     for (const fs::path& file : files) {
-      MetricImage image{file.filename().string(), recorded_prompt(file, args->prompt), read_image_rgb(file.string()).pixels,
-                        {}};
+      std::string prompt = recorded_prompt(file);
+      if (prompt.empty()) prompt = args->prompt;
+      if (prompt.empty())
+        throw Error(file.string() + ": no prompt recorded in the file (pass --prompt for images from elsewhere)");
+      MetricImage image{file.filename().string(), prompt, read_image_rgb(file.string()).pixels, {}};
       if (source_masks) {
         image.mask = source.mask;
       } else if (auto_masks) {
@@ -149,7 +104,7 @@ void add_eval_images_command(CLI::App& eval) {
     }
 
     ClipModel clip = ClipModel::load(args->clip);
-    const ClipTokenizer tokenizer = clip_tokenizer(args->clip, args->clip_tokenizer);
+    const ClipTokenizer tokenizer = load_clip_tokenizer(args->clip, args->clip_tokenizer);
     std::optional<LoadedVit> dino;
     std::optional<Lpips> lpips;
     if (!args->dino.empty()) dino = load_vit_model(args->dino);

@@ -43,7 +43,7 @@ void add_train_clip(CLI::App& eval) {
   auto args = std::make_shared<Args>();
   CLI::App* command = eval.add_subcommand(
       "train-clip", "Train a CLIP (both towers) on the toy world's renders and captions; writes a transformers "
-                    "CLIPModel folder with the tokenizer, for eval images and eval judge");
+                    "CLIPModel folder, for eval images and eval judge (with --clip-tokenizer: the world's tokenizer)");
   command->add_option("--out", args->out, "Output folder")->required();
   command->add_option("--tokenizer", args->tokenizer, "The world model's tokenizer folder (world --write-tokenizer)")
       ->required();
@@ -93,12 +93,7 @@ void add_train_clip(CLI::App& eval) {
     }
     install_interrupt_handler();
     AutoencoderKL vae{nullptr};
-    if (!args->vae_model.empty()) {
-      const fs::path dir = fs::path(args->vae_model) / "vae";
-      vae = AutoencoderKL(VaeConfig::from_json(JsonConfig::load((dir / "config.json").string())));
-      load_state_dict(*vae, SafetensorsFile::open((dir / "diffusion_pytorch_model.safetensors").string()));
-      vae->eval();
-    }
+    if (!args->vae_model.empty()) vae = load_model_vae(args->vae_model);
     ProgressLine progress;
     const auto start = std::chrono::steady_clock::now();
     double last_loss = 0;
@@ -112,9 +107,6 @@ void add_train_clip(CLI::App& eval) {
     progress.finish();
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     clip.save(partial.string());
-    for (const char* name : {"vocab.json", "merges.txt", "special_tokens_map.json", "tokenizer_config.json"})
-      if (fs::exists(fs::path(args->tokenizer) / name))
-        fs::copy_file(fs::path(args->tokenizer) / name, partial / name, fs::copy_options::overwrite_existing);
     nlohmann::json record = settings;
     record["final_loss"] = last_loss;
     record["seconds"] = seconds;  // of this run (after a --resume: of its part)
@@ -135,6 +127,10 @@ struct Agreement {
     only_first += first && !second;
     only_second += !first && second;
   }
+  Agreement& operator+=(const Agreement& o) {
+    both_yes += o.both_yes, both_no += o.both_no, only_first += o.only_first, only_second += o.only_second;
+    return *this;
+  }
   int total() const { return both_yes + both_no + only_first + only_second; }
   double share() const { return total() ? static_cast<double>(both_yes + both_no) / total() : 0.0; }
   // Cohen's kappa: agreement beyond what two readers with these yes-rates reach by chance
@@ -154,7 +150,7 @@ struct Agreement {
 
 void add_judge(CLI::App& eval) {
   struct Args {
-    std::string clip, detector, images, edits, trigger = "*", json;
+    std::string clip, clip_tokenizer, detector, images, edits, trigger = "*", json;
     int renders = 0;
   };
   auto args = std::make_shared<Args>();
@@ -162,6 +158,7 @@ void add_judge(CLI::App& eval) {
       "judge", "Check eval images' ESR judge in the toy world: its verdicts against the scenes' truth on renders "
                "and against the world's detector on generations");
   command->add_option("--clip", args->clip, "A CLIPModel folder that knows the world (eval train-clip)")->required();
+  command->add_option("--clip-tokenizer", args->clip_tokenizer, "CLIP's tokenizer folder (default: the --clip folder)");
   command->add_option("--detector", args->detector, "Detector weights from eval train-detector")->required();
   command->add_option("--edits", args->edits, "The world's editing list (assets/editing_prompts/world.json)")
       ->required();
@@ -182,14 +179,16 @@ void add_judge(CLI::App& eval) {
         texts[edit.name] = {edit.present, edit.absent};
       }
     ClipModel clip = ClipModel::load(args->clip);
-    const ClipTokenizer tokenizer = ClipTokenizer::load(args->clip);
+    const ClipTokenizer tokenizer = load_clip_tokenizer(args->clip, args->clip_tokenizer);
     world::WorldDetector detector = world::load_detector(args->detector);
     at::NoGradGuard no_grad;
     // eval images' judge itself: P(present) for each image of `pixels` (uint8 [N, H, W, 3]).
     EditJudge edit_judge(clip, tokenizer);
-    auto judge = [&](const at::Tensor& pixels, const std::string& edit) {
-      const at::Tensor features = edit_judge.image_features(std::vector<at::Tensor>(pixels.unbind(0)));
+    auto probability = [&](const at::Tensor& features, const std::string& edit) {
       return edit_judge.probability(features, {edit, texts.at(edit).first, texts.at(edit).second});
+    };
+    auto features_of = [&](const at::Tensor& pixels) {
+      return edit_judge.image_features(std::vector<at::Tensor>(pixels.unbind(0)));
     };
     nlohmann::json record = {{"clip", args->clip}, {"detector", args->detector}, {"edits", args->edits}};
 
@@ -210,7 +209,7 @@ void add_judge(CLI::App& eval) {
           images.push_back(world::render(scene, static_cast<int>(clip.vision_config().image_size)).image);
         }
         const at::Tensor pixels = at::stack(images);
-        const at::Tensor p = judge(pixels, edit);
+        const at::Tensor p = probability(features_of(pixels), edit);
         const std::vector<world::Detection> found = world::detect(detector, pixels);
         for (size_t i = 0; i < truth.size(); ++i) {
           const bool judged = p[static_cast<int64_t>(i)].item<double>() > 0.5;
@@ -218,10 +217,8 @@ void add_judge(CLI::App& eval) {
           judge_edit.add(judged, truth[i]);
           detector_edit.add(detected, truth[i]);
         }
-        judge_total.both_yes += judge_edit.both_yes, judge_total.both_no += judge_edit.both_no;
-        judge_total.only_first += judge_edit.only_first, judge_total.only_second += judge_edit.only_second;
-        detector_total.both_yes += detector_edit.both_yes, detector_total.both_no += detector_edit.both_no;
-        detector_total.only_first += detector_edit.only_first, detector_total.only_second += detector_edit.only_second;
+        judge_total += judge_edit;
+        detector_total += detector_edit;
         per_edit[edit] = {{"judge_vs_truth", judge_edit.json()}, {"detector_vs_truth", detector_edit.json()}};
         std::printf("renders\t%s\tjudge %.3f\tdetector %.3f\t(n=%d)\n", edit.c_str(), judge_edit.share(),
                     detector_edit.share(), judge_edit.total());
@@ -237,20 +234,15 @@ void add_judge(CLI::App& eval) {
       Agreement per_check, per_image;
       std::map<std::string, Agreement> per_edit;
       int images = 0;
-      for (const auto& entry : fs::directory_iterator(args->images)) {
-        if (entry.path().extension() != ".png" || entry.path().filename() == "grid.png") continue;
-        const auto text = read_png_text(entry.path().string());
-        const auto found_record = text.find("singleinsert");
-        if (found_record == text.end()) continue;
-        const nlohmann::json generation = nlohmann::json::parse(found_record->second, nullptr, false);
-        if (!generation.is_object() || !generation.contains("prompt")) continue;
-        const EditingPrompt* prompt = list.find(generation.at("prompt").get<std::string>(), args->trigger);
+      for (const fs::path& file : generation_files(args->images)) {
+        const EditingPrompt* prompt = list.find(recorded_prompt(file), args->trigger);
         if (!prompt) continue;
-        const at::Tensor pixels = read_image_rgb(entry.path().string()).pixels.unsqueeze(0);
+        const at::Tensor pixels = read_image_rgb(file.string()).pixels.unsqueeze(0);
         const world::Detection detection = world::detect(detector, pixels).at(0);
+        const at::Tensor features = features_of(pixels);
         bool judge_all = true, detector_all = true;
         for (const EditCheck& edit : prompt->edits) {
-          const bool judged = judge(pixels, edit.name)[0].item<double>() > 0.5;
+          const bool judged = probability(features, edit.name)[0].item<double>() > 0.5;
           const bool detected = world::edit_shown(detection.attributes, edit.name);
           per_check.add(judged, detected);
           per_edit[edit.name].add(judged, detected);

@@ -12,10 +12,15 @@
 #include "singleinsert/core/safetensors.h"
 
 #include "singleinsert/metrics/image_processing.h"
+#include "singleinsert/models/clip_tokenizer.h"
 #include "singleinsert/models/clip_text_model.h"
 #include "singleinsert/models/clip_vision_model.h"
 
 namespace singleinsert {
+
+// CLIP's tokenizer: `requested` when given, else the vocab.json and merges.txt in the CLIPModel
+// folder (or its tokenizer/); a one-line Error otherwise.
+ClipTokenizer load_clip_tokenizer(const std::string& clip_folder, const std::string& requested = {});
 
 class ClipModel {
  public:
