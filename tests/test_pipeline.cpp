@@ -6,8 +6,14 @@
 
 #include <ATen/ATen.h>
 
+#include <unistd.h>
+
+#include <filesystem>
+
 #include "golden.h"
+#include "singleinsert/core/error.h"
 #include "singleinsert/core/json_config.h"
+#include "singleinsert/core/state_dict.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/pipeline/model_bundle.h"
 #include "singleinsert/pipeline/prompt_encoding.h"
@@ -91,6 +97,77 @@ TEST(SeededNoise, ReproducesTorchGeneratorBitForBit) {
   EXPECT_TRUE(at::equal(randn_like_torch({2, 3}, generator), common.tensor("rng_randn_seed0_2x3")));
   at::Generator again = make_cpu_generator(0);
   EXPECT_TRUE(at::equal(randn_like_torch({7}, again), common.tensor("rng_randn_seed0_7")));
+}
+
+// Weights go from the file straight into the dtype the model runs in, with no float32 copy on the
+// way: the values are the file's, rounded once (fp16 files reach bf16 through float32, which
+// holds both exactly).
+TEST(ModelBundle, LoadsStraightIntoTheComputeDtype) {
+  ExecutionOptions execution;
+  execution.dtype = at::kBFloat16;
+  const auto bundle = load_model_bundle(testing::golden_path("sd_tiny"), execution);
+  const SafetensorsFile unet_file = testing::golden_file("sd_tiny/unet/diffusion_pytorch_model.safetensors");
+  for (const auto& [name, tensor] : module_tensors(*bundle->unet)) {
+    ASSERT_EQ(tensor.scalar_type(), at::kBFloat16) << name;
+    ASSERT_TRUE(at::equal(tensor, unet_file.tensor(name).to(at::kBFloat16))) << name;
+  }
+  const at::Tensor half = unet_file.tensor("conv_in.weight").to(at::kHalf);
+  at::Tensor target = at::empty(half.sizes(), at::kBFloat16);
+  std::map<std::string, at::Tensor> one = {{"weight", half}};
+  torch::nn::Module holder;
+  holder.register_parameter("weight", target);
+  load_state_dict(holder, one, "fp16");
+  EXPECT_TRUE(at::equal(target, half.to(at::kFloat).to(at::kBFloat16)));
+}
+
+// generate leaves the VAE's encoder out and frees the text encoder and the UNet as soon as it is
+// done with them; the images do not change.
+TEST(ModelBundle, OneShotRunsLoadAndKeepOnlyWhatTheyNeed) {
+  ExecutionOptions execution;
+  execution.device = testing::test_device();
+  ModelParts parts;
+  parts.vae_encoder = false;
+  auto bundle = load_model_bundle(testing::golden_path("sd_tiny"), execution, {}, parts);
+  const int size = static_cast<int>(bundle->unet->config().sample_size * bundle->vae_scale_factor());
+  EXPECT_FALSE(bundle->vae->has_encoder());
+  EXPECT_THROW(bundle->vae->encode(at::zeros({1, 3, size, size}, at::TensorOptions().device(execution.device))), Error);
+  GenerateOptions options;
+  options.prompts = {"a photo of an astronaut"};
+  options.steps = 3;
+  options.width = options.height = size;
+  const at::Tensor expected = generate(*tiny_bundle(), options).images;
+  options.release_models = true;
+  EXPECT_TRUE(at::equal(generate(*bundle, options).images, expected));
+  EXPECT_FALSE(bundle->text_encoder);
+  EXPECT_FALSE(bundle->unet);
+  EXPECT_THROW(generate(*bundle, options), Error);
+  EXPECT_THROW(encode_prompts(*bundle, {"a photo"}), Error);
+}
+
+// A float32 run may keep a half-precision file's weights as stored: the matrix and convolution
+// weights stay fp16 (norms and embeddings are float32) and the images equal those of the same
+// file loaded into float32 weights, bit for bit.
+TEST(ModelBundle, HalfWeightsGiveTheSameFloat32Images) {
+  const std::string folder =
+      (std::filesystem::temp_directory_path() / ("singleinsert_half_weights_" + std::to_string(::getpid()))).string();
+  std::filesystem::remove_all(folder);
+  save_model_folder(*tiny_bundle(), folder, at::kHalf);
+  ExecutionOptions execution;
+  execution.device = testing::test_device();
+  const auto full = load_model_bundle(folder, execution);
+  ModelParts parts;
+  parts.half_weights = true;
+  const auto half = load_model_bundle(folder, execution, {}, parts);
+  EXPECT_EQ(half->unet->conv_in->weight.scalar_type(), at::kHalf);
+  EXPECT_EQ(half->text_encoder->text_model->encoder->layers[0]->self_attn->q_proj->weight.scalar_type(), at::kHalf);
+  EXPECT_EQ(half->vae->decoder->conv_norm_out->weight.scalar_type(), at::kFloat);
+  EXPECT_EQ(full->unet->conv_in->weight.scalar_type(), at::kFloat);
+  GenerateOptions options;
+  options.prompts = {"a photo of an astronaut"};
+  options.steps = 3;
+  options.width = options.height = static_cast<int>(full->unet->config().sample_size * full->vae_scale_factor());
+  EXPECT_TRUE(at::equal(generate(*half, options).images, generate(*full, options).images));
+  std::filesystem::remove_all(folder);
 }
 
 TEST(PromptEncoding, TruncatesLongPromptsLikeDiffusers) {

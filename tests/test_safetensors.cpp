@@ -140,6 +140,38 @@ TEST(Safetensors, ViewsOutliveTheFileObject) {
   EXPECT_EQ(view[999].item<float>(), 999.0f);
 }
 
+long resident_kib() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  long kib = -1;
+  while (status >> key) {
+    if (key == "VmRSS:") status >> kib;
+    status.ignore(1 << 20, '\n');
+  }
+  return kib;
+}
+
+// Loading copies each tensor out of the mapping and hands its pages back, so a model's file does
+// not stay resident beside the model. The bytes read back unchanged afterwards; memory that is
+// not this file's is never touched.
+TEST(Safetensors, ReleasedPagesLeaveTheProcessAndReadBackUnchanged) {
+  const std::string path = temp_path("pages.safetensors");
+  const at::Tensor values = at::arange(16 << 20, at::kFloat);  // 64 MiB
+  save_safetensors(path, {{"x", values}});
+  const SafetensorsFile file = SafetensorsFile::open(path);
+  const at::Tensor view = file.view("x");
+  EXPECT_TRUE(at::equal(view, values));  // every page mapped in
+  const long before = resident_kib();
+  file.release_pages(view);
+  const long after = resident_kib();
+  EXPECT_GT(before - after, 60 * 1024) << "resident " << before << " KiB before, " << after << " KiB after";
+  EXPECT_TRUE(at::equal(view, values));
+  at::Tensor owned = values.clone();
+  file.release_pages(owned);  // not a view of the file: left alone
+  EXPECT_TRUE(at::equal(owned, values));
+  std::remove(path.c_str());
+}
+
 TEST(StagedDirectory, AppearsWholeOrNotAtAll) {
   namespace fs = std::filesystem;
   const fs::path root = fs::path(temp_path("staged_" + std::to_string(::getpid())));

@@ -14,6 +14,7 @@
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/models/clip_config.h"
 #include "singleinsert/core/random.h"
+#include "singleinsert/core/recomputed_attention.h"
 #include "singleinsert/core/state_dict.h"
 #include "singleinsert/core/torch_compat.h"
 #include "singleinsert/models/unet.h"
@@ -80,6 +81,45 @@ TEST(Attention, SlicesOfHeadsAreBitIdenticalAndSlicesOfQueriesAgree) {
       const at::Tensor sliced = compat::scaled_dot_product_attention(qd, kvd, kvd, 0.158, md);
       if (dtype == at::kFloat) EXPECT_TENSOR_NEAR_REL(sliced, whole, 1e-6);
       else EXPECT_TRUE(at::equal(whole, sliced)) << what;  // bf16 products go through a row-stable kernel
+    }
+  }
+}
+
+// Training attention keeps q, k and v and recomputes the probabilities in the backward pass: its
+// values and its gradients must equal plain autograd's through the same operations, with and
+// without the float32 softmax, in float32 and in bf16.
+TEST(Attention, RecomputedGradientsEqualPlainAutograd) {
+  at::Generator generator = make_cpu_generator(11);
+  const double scale = 1.0 / std::sqrt(40.0);
+  for (const auto dtype : {at::kFloat, at::kBFloat16}) {
+    for (const bool upcast : {false, true}) {
+      const at::Tensor q0 = at::randn({4, 300, 40}, generator).to(dtype), k0 = at::randn({4, 200, 40}, generator).to(dtype),
+                       v0 = at::randn({4, 200, 40}, generator).to(dtype), grad = at::randn({4, 300, 40}, generator).to(dtype);
+      auto leaves = [&] {
+        return std::vector<at::Tensor>{q0.clone().requires_grad_(), k0.clone().requires_grad_(), v0.clone().requires_grad_()};
+      };
+      auto plain = leaves();
+      const at::Tensor scores = at::zeros({4, 300, 200}, q0.options())
+                                    .baddbmm_(plain[0], plain[1].transpose(-1, -2), 0.0, scale);
+      const at::Tensor probs = upcast && dtype != at::kFloat ? scores.to(at::kFloat).softmax(-1).to(dtype) : scores.softmax(-1);
+      const at::Tensor expected = at::bmm(probs, plain[2]);
+      expected.backward(grad);
+      auto recomputed = leaves();
+      const at::Tensor out = recomputed_attention(recomputed[0], recomputed[1], recomputed[2], scale, upcast);
+      out.backward(grad);
+      const std::string what = std::string(c10::toString(dtype)) + (upcast ? " float32 softmax" : "");
+      EXPECT_TRUE(at::equal(out, expected)) << what;
+      // The same products, but q's gradient may reach the GEMM transposed: float32 rounding.
+      const double tolerance = dtype == at::kFloat ? 1e-6 : 1e-2;
+      for (int i = 0; i < 3; ++i) {
+        SCOPED_TRACE(what + " input " + std::to_string(i));
+        EXPECT_TENSOR_NEAR_REL(recomputed[i].grad(), plain[i].grad(), tolerance);
+      }
+      // Through compat::scaled_dot_product_attention, the path every model takes while training.
+      auto via_models = leaves();
+      const at::Tensor routed = compat::scaled_dot_product_attention(via_models[0].unsqueeze(0), via_models[1].unsqueeze(0),
+                                                                     via_models[2].unsqueeze(0), scale, c10::nullopt, upcast);
+      EXPECT_TRUE(at::equal(routed.squeeze(0), expected)) << what;
     }
   }
 }

@@ -2,6 +2,7 @@
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
+#include <malloc.h>
 
 #include <cstdlib>
 #include <thread>
@@ -21,6 +22,13 @@ RuntimeInfo configure_runtime() {
   // multi-megabyte tensors slow under glibc malloc; the binaries link it when it is installed.
   info.allocator = dlsym(RTLD_DEFAULT, "tc_malloc") != nullptr ? "tcmalloc" : "glibc";
   return info;
+}
+
+void release_free_memory() {
+  using Release = void (*)();
+  static const auto tcmalloc_release = reinterpret_cast<Release>(dlsym(RTLD_DEFAULT, "MallocExtension_ReleaseFreeMemory"));
+  if (tcmalloc_release != nullptr) tcmalloc_release();
+  else malloc_trim(0);
 }
 
 }  // namespace singleinsert

@@ -201,6 +201,20 @@ at::Tensor SafetensorsFile::view(const std::string& key) const {
 
 at::Tensor SafetensorsFile::tensor(const std::string& key) const { return view(key).clone(); }
 
+void SafetensorsFile::release_pages(const at::Tensor& view) const {
+  if (!mapping_ || !view.defined() || !view.is_cpu() || !view.is_contiguous() || view.numel() == 0) return;
+  const auto* begin = static_cast<const uint8_t*>(view.data_ptr());
+  const uint8_t* end = begin + view.numel() * view.element_size();
+  const auto* mapped = static_cast<const uint8_t*>(mapping_->address);
+  if (begin < mapping_->data || end > mapping_->data + mapping_->data_length) return;
+  // Only whole pages inside the tensor: its neighbours' bytes may still be needed.
+  static const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t first = (reinterpret_cast<uintptr_t>(begin) + page - 1) / page * page;
+  const uintptr_t last = reinterpret_cast<uintptr_t>(end) / page * page;
+  if (last <= first || first < reinterpret_cast<uintptr_t>(mapped)) return;
+  madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+}
+
 std::string safetensors_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;

@@ -20,6 +20,24 @@ std::string list_some(const std::vector<std::string>& keys, size_t limit = 3) {
 }
 
 bool is_float(at::ScalarType dtype) { return at::isFloatingType(dtype); }
+bool is_half_type(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
+
+// LibTorch converts fp16 to bf16 (and back) element by element, about ten times slower than
+// through float32, which gives the same values (float32 holds both exactly). One small buffer is
+// reused, so the conversion adds no memory.
+void copy_through_float32(at::Tensor& target, const at::Tensor& source) {
+  constexpr int64_t kChunk = int64_t{1} << 20;
+  const at::Tensor from = source.reshape({-1});
+  at::Tensor to = target.view({-1});
+  const int64_t count = from.numel();
+  at::Tensor buffer = at::empty({std::min(kChunk, count)}, from.options().dtype(at::kFloat));
+  for (int64_t start = 0; start < count; start += kChunk) {
+    const int64_t length = std::min(kChunk, count - start);
+    at::Tensor part = buffer.narrow(0, 0, length);
+    part.copy_(from.narrow(0, start, length));
+    to.narrow(0, start, length).copy_(part);
+  }
+}
 
 // The file's keys after prefix selection and renaming, mapped back to the original key.
 std::map<std::string, std::string> resolve_keys(const std::vector<std::string>& file_keys,
@@ -29,7 +47,9 @@ std::map<std::string, std::string> resolve_keys(const std::vector<std::string>& 
     if (!options.prefix.empty() && key.rfind(options.prefix, 0) != 0) continue;
     std::string name = key.substr(options.prefix.size());
     if (options.rename) name = options.rename(name);
-    resolved[name] = key;
+    bool skipped = false;
+    for (const std::string& skip : options.skipped_prefixes) skipped = skipped || name.rfind(skip, 0) == 0;
+    if (!skipped) resolved[name] = key;
   }
   return resolved;
 }
@@ -66,7 +86,14 @@ void load_checked(torch::nn::Module& module, const std::vector<std::string>& fil
                               dtype_string(dtype), dtype_string(target.scalar_type())));
   }
   at::NoGradGuard no_grad;
-  for (auto& [name, target] : targets) target.copy_(lookup.tensor(resolved.at(name)));
+  for (auto& [name, target] : targets) {
+    const at::Tensor source = lookup.tensor(resolved.at(name));
+    const bool between_half_types = source.scalar_type() != target.scalar_type() &&
+                                    is_half_type(source.scalar_type()) && is_half_type(target.scalar_type());
+    if (between_half_types && target.is_cpu() && target.is_contiguous()) copy_through_float32(target, source);
+    else target.copy_(source);
+    lookup.release(source);
+  }
 }
 
 struct FileLookup {
@@ -76,6 +103,7 @@ struct FileLookup {
     return {e.shape, e.dtype};
   }
   at::Tensor tensor(const std::string& key) const { return file.view(key); }
+  void release(const at::Tensor& view) const { file.release_pages(view); }
 };
 
 struct MapLookup {
@@ -85,6 +113,10 @@ struct MapLookup {
     return {t.sizes().vec(), t.scalar_type()};
   }
   at::Tensor tensor(const std::string& key) const { return tensors.at(key); }
+  void release(const at::Tensor& view) const {
+    if (mapped_file) mapped_file->release_pages(view);
+  }
+  const SafetensorsFile* mapped_file = nullptr;
 };
 
 }  // namespace
@@ -104,7 +136,14 @@ void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::
                      const std::string& origin, const LoadOptions& options) {
   std::vector<std::string> keys;
   for (const auto& [key, tensor] : tensors) keys.push_back(key);
-  load_checked(module, keys, MapLookup{tensors}, origin, options);
+  load_checked(module, keys, MapLookup{tensors, options.mapped_file}, origin, options);
+}
+
+void allocate_uninitialised(torch::nn::Module& module, const c10::Device& device, at::ScalarType dtype) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, tensor] : module_tensors(module))
+    if (is_float(tensor.scalar_type()) && (tensor.scalar_type() != dtype || tensor.device() != device))
+      tensor.set_data(at::empty(tensor.sizes(), tensor.options().dtype(dtype).device(device)));
 }
 
 NamedTensors state_dict(const torch::nn::Module& module) {

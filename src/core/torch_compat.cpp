@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "singleinsert/core/flop_counter.h"
+#include "singleinsert/core/recomputed_attention.h"
 
 namespace singleinsert::compat {
 
@@ -19,6 +20,10 @@ std::atomic<int64_t> score_budget_bytes{int64_t{1} << 30};
 // softmax(q k^T * scale + mask) v for q [BH, Lq, D], k/v [BH, Lk, D]; mask broadcasts to [B, H, Lq, Lk].
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t batch, int64_t heads,
                   double scale, const c10::optional<at::Tensor>& additive_mask, bool upcast_softmax) {
+  // Training: keep q, k and v rather than the probabilities for the backward pass.
+  if (!additive_mask.has_value() && at::GradMode::is_enabled() &&
+      (q.requires_grad() || k.requires_grad() || v.requires_grad()))
+    return recomputed_attention(q, k, v, scale, upcast_softmax);
   // alpha applies the scale inside the GEMM exactly as diffusers' get_attention_scores does. It
   // runs in place on zeros: LibTorch 1.13's out-of-place CPU baddbmm leaves its result uninitialised
   // when beta is 0 and then still multiplies it by beta, so NaNs left in reused memory leak into the
@@ -126,6 +131,8 @@ void set_autocast(c10::DeviceType device_type, bool enabled, at::ScalarType dtyp
 }
 
 }  // namespace
+
+bool autocast_active(c10::DeviceType device_type) { return autocast_enabled(device_type); }
 
 AutocastGuard::AutocastGuard(c10::DeviceType device_type, at::ScalarType dtype)
     : device_type_(device_type), was_enabled_(autocast_enabled(device_type)), previous_dtype_(autocast_dtype(device_type)) {

@@ -77,7 +77,9 @@ void load_mapped(torch::nn::Module& module, const SafetensorsFile& file, const s
   if (!unexpected.empty())
     throw Error(fmt::format("{}: {} unexpected tensor(s) for this architecture, e.g. {} (is --model-config right?)",
                             file.path(), unexpected.size(), unexpected.front()));
-  load_state_dict(module, tensors, file.path());
+  LoadOptions options;
+  options.mapped_file = &file;
+  load_state_dict(module, tensors, file.path(), options);
 }
 
 }  // namespace
@@ -181,8 +183,13 @@ void load_ldm_unet(UNet2DConditionModelImpl& unet, const SafetensorsFile& file) 
 
 void load_ldm_vae(AutoencoderKLImpl& vae, const SafetensorsFile& file) {
   const VaeConfig& config = vae.config();
+  const bool decoder_only = !vae.has_encoder();
   load_mapped(vae, file, kVaePrefix, [&](const std::string& key) { return ldm_vae_key(key, config); },
-              [](const std::string& key) { return key.find("model_ema") != std::string::npos; });
+              [decoder_only](const std::string& key) {
+                const std::string name = key.substr(std::string(kVaePrefix).size());
+                return key.find("model_ema") != std::string::npos ||
+                       (decoder_only && (starts_with(name, "encoder.") || starts_with(name, "quant_conv.")));
+              });
 }
 
 void load_ldm_text_encoder(ClipTextModelImpl& text_encoder, const SafetensorsFile& file, LdmTextEncoder kind) {
@@ -225,7 +232,9 @@ void load_ldm_text_encoder(ClipTextModelImpl& text_encoder, const SafetensorsFil
     }
   }
   (void)used;
-  load_state_dict(text_encoder, tensors, file.path());
+  LoadOptions options;
+  options.mapped_file = &file;
+  load_state_dict(text_encoder, tensors, file.path(), options);
 }
 
 NamedTensors to_ldm_checkpoint(const UNet2DConditionModelImpl& unet, const AutoencoderKLImpl& vae,

@@ -44,7 +44,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& input, const c10::optional<a
     k = k.to(at::kFloat);
   }
   at::Tensor out = compat::scaled_dot_product_attention(q, k, options.upcast_attention && reduced ? v.to(at::kFloat) : v,
-                                                        1.0 / std::sqrt(static_cast<double>(options.dim_head)));
+                                                        1.0 / std::sqrt(static_cast<double>(options.dim_head)),
+                                                        c10::nullopt, options.upcast_softmax);
   out = out.to(dtype).transpose(1, 2).reshape({batch, length, options.heads * options.dim_head});  // [B, L, H*D]
   out = to_out[0]->forward(out);
   if (spatial) out = out.transpose(1, 2).reshape({batch, channels, height, width});

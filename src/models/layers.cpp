@@ -6,11 +6,36 @@
 #include <cmath>
 
 #include "singleinsert/core/flop_counter.h"
+#include "singleinsert/core/torch_compat.h"
 
 namespace singleinsert {
 namespace {
 
 at::Tensor uninitialised(at::IntArrayRef shape) { return at::empty(shape, at::TensorOptions().dtype(at::kFloat)); }
+
+// LibTorch's CPU group and layer norms run about ten times slower in bf16/fp16 than in float32
+// (measured in docs/performance.md), so reduced-precision activations are normalised in float32
+// and rounded back once; the statistics are float32 either way.
+bool normalise_in_float32(const at::Tensor& x) {
+  return x.is_cpu() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+}
+
+at::Tensor as_float32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
+
+// A float32 run may keep a half-precision file's weights as stored (ModelParts::half_weights):
+// they are upcast here, as each layer runs, which is exact (float32 holds every fp16 and bf16
+// value). Under autocast the weights are left to autocast. Without autograd on the CPU, a weight
+// is upcast into one reused buffer (the ops finish before the next layer's weight overwrites
+// it): fresh float32 copies of every size would leave the allocator holding hundreds of MB.
+at::Tensor weight_for(const at::Tensor& weight, const at::Tensor& x, bool reuse_buffer = false) {
+  if (!weight.defined() || x.scalar_type() != at::kFloat || weight.scalar_type() == at::kFloat) return weight;
+  if (weight.scalar_type() != at::kHalf && weight.scalar_type() != at::kBFloat16) return weight;
+  if (compat::autocast_active(x.device().type())) return weight;
+  if (!reuse_buffer || !weight.is_cpu() || at::GradMode::is_enabled()) return weight.to(at::kFloat);
+  thread_local at::Tensor buffer;
+  if (!buffer.defined() || buffer.numel() < weight.numel()) buffer = at::empty({weight.numel()}, at::kFloat);
+  return buffer.narrow(0, 0, weight.numel()).view(weight.sizes()).copy_(weight);
+}
 
 // kaiming_uniform_(a=sqrt(5)) for the weight and U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the
 // bias: both reduce to the same bound, PyTorch's default for Linear and Conv2d.
@@ -58,8 +83,14 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features, bool with_bias
 
 at::Tensor LinearImpl::forward(const at::Tensor& x) {
   if (flops::counting()) flops::add(2 * x.numel() * weight.size(0));  // tokens x in x out
-  at::Tensor y = at::linear(x, weight, bias);
+  at::Tensor y = at::linear(x, weight_for(weight, x, /*reuse_buffer=*/true), weight_for(bias, x));
   return adapters_.empty() ? y : apply_adapters(std::move(y), x, adapters_, /*is_conv=*/false);
+}
+
+at::Tensor LinearImpl::forward_rows(const at::Tensor& x, int64_t first, int64_t count) {
+  if (flops::counting()) flops::add(2 * x.numel() * count);
+  return at::linear(x, weight_for(weight, x, /*reuse_buffer=*/true).narrow(0, first, count),
+                    bias.defined() ? c10::optional<at::Tensor>(weight_for(bias, x).narrow(0, first, count)) : c10::nullopt);
 }
 
 void LinearImpl::init_parameters(at::Generator& generator) {
@@ -74,7 +105,7 @@ Conv2dImpl::Conv2dImpl(int64_t in_channels, int64_t out_channels, int64_t kernel
 }
 
 at::Tensor Conv2dImpl::forward(const at::Tensor& x) {
-  at::Tensor y = at::conv2d(x, weight, bias, stride, padding);
+  at::Tensor y = at::conv2d(x, weight_for(weight, x, /*reuse_buffer=*/true), weight_for(bias, x), stride, padding);
   if (flops::counting()) flops::add(2 * y.numel() * weight.size(1) * weight.size(2) * weight.size(3));
   return adapters_.empty() ? y : apply_adapters(std::move(y), x, adapters_, /*is_conv=*/true);
 }
@@ -96,6 +127,8 @@ at::Tensor GroupNormImpl::forward(const at::Tensor& x) {
   // float32 then, as autocast does for norms on CUDA (LibTorch 1.13's CPU autocast does not).
   if (weight.defined() && x.scalar_type() != weight.scalar_type())
     return at::group_norm(x.to(weight.scalar_type()), groups, weight, bias, eps);
+  if (normalise_in_float32(x))
+    return at::group_norm(x.to(at::kFloat), groups, as_float32(weight), as_float32(bias), eps).to(x.scalar_type());
   return at::group_norm(x, groups, weight, bias, eps);
 }
 
@@ -115,6 +148,8 @@ LayerNormImpl::LayerNormImpl(int64_t dim_, double eps_, bool affine) : dim(dim_)
 at::Tensor LayerNormImpl::forward(const at::Tensor& x) {
   if (weight.defined() && x.scalar_type() != weight.scalar_type())  // as GroupNorm under autocast
     return at::layer_norm(x.to(weight.scalar_type()), {dim}, weight, bias, eps);
+  if (normalise_in_float32(x))
+    return at::layer_norm(x.to(at::kFloat), {dim}, as_float32(weight), as_float32(bias), eps).to(x.scalar_type());
   return at::layer_norm(x, {dim}, weight, bias, eps);
 }
 

@@ -93,6 +93,7 @@ VaeMidBlockImpl::VaeMidBlockImpl(int64_t channels, int64_t groups) {
   attention.norm_num_groups = groups;
   attention.norm_eps = kVaeEps;
   attention.residual_connection = true;
+  attention.upcast_softmax = true;  // as diffusers builds the VAE's mid-block attention
   attentions.attach(*this, "attentions");
   attentions.push_back(Attention(attention));
   resnets.attach(*this, "resnets");
@@ -184,15 +185,17 @@ at::Tensor VaeDecoderImpl::forward(const at::Tensor& z, ActivationTrace* trace) 
   return x;
 }
 
-AutoencoderKLImpl::AutoencoderKLImpl(const VaeConfig& config) : config_(config) {
+AutoencoderKLImpl::AutoencoderKLImpl(const VaeConfig& config, bool with_encoder) : config_(config) {
   config_.validate();
-  encoder = register_module("encoder", VaeEncoder(config_));
+  if (with_encoder) encoder = register_module("encoder", VaeEncoder(config_));
   decoder = register_module("decoder", VaeDecoder(config_));
-  quant_conv = register_module("quant_conv", Conv2d(2 * config_.latent_channels, 2 * config_.latent_channels, 1));
+  if (with_encoder)
+    quant_conv = register_module("quant_conv", Conv2d(2 * config_.latent_channels, 2 * config_.latent_channels, 1));
   post_quant_conv = register_module("post_quant_conv", Conv2d(config_.latent_channels, config_.latent_channels, 1));
 }
 
 VaePosterior AutoencoderKLImpl::encode(const at::Tensor& images, ActivationTrace* trace) {
+  if (!has_encoder()) throw Error("this VAE was loaded without its encoder (for decoding only)");
   if (images.dim() != 4 || images.size(1) != config_.in_channels)
     throw Error(fmt::format("VAE input has shape {} but the model takes [B, {}, H, W]", shape_string(images.sizes()),
                             config_.in_channels));

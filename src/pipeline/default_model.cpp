@@ -9,6 +9,7 @@
 
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/random.h"
+#include "singleinsert/core/runtime.h"
 #include "singleinsert/core/staged_directory.h"
 #include "singleinsert/models/clip_text_model.h"
 #include "singleinsert/models/clip_tokenizer.h"
@@ -168,6 +169,7 @@ std::shared_ptr<ModelBundle> random_model_bundle(Architecture architecture, cons
     module->eval();
     for (auto& parameter : module->parameters()) parameter.set_requires_grad(false);
   }
+  release_free_memory();  // the float32 originals of a reduced-precision model
   return bundle;
 }
 

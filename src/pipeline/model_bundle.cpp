@@ -9,6 +9,7 @@
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
+#include "singleinsert/core/runtime.h"
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/core/staged_directory.h"
 #include "singleinsert/core/state_dict.h"
@@ -56,12 +57,44 @@ void check_components_fit(const ModelBundle& bundle) {
                             bundle.vae->config().latent_channels, bundle.unet->config().in_channels));
 }
 
+// Half precision VAEs overflow in decoding (diffusers' force_upcast); they stay in float32.
+at::ScalarType vae_dtype(const VaeConfig& config, const ExecutionOptions& execution) {
+  return execution.dtype == at::kHalf && config.force_upcast ? at::kFloat : execution.dtype;
+}
+
+// The dtype a file stores its floating-point weights in (float32 when they are mixed).
+at::ScalarType stored_dtype(const SafetensorsFile& file) {
+  c10::optional<at::ScalarType> dtype;
+  for (const std::string& key : file.keys()) {
+    const at::ScalarType d = file.entry(key).dtype;
+    if (!at::isFloatingType(d)) continue;
+    if (dtype && *dtype != d) return at::kFloat;
+    dtype = d;
+  }
+  return dtype.value_or(at::kFloat);
+}
+
+// Before loading: each module's tensors become uninitialised ones in the dtype and on the device
+// it will run in, so weights are converted once, straight from the file. With half_weights, a
+// float32 run keeps a half-precision file's Linear and Conv2d weights in the file's dtype.
+void allocate_for_loading(torch::nn::Module& module, const ExecutionOptions& execution, at::ScalarType dtype,
+                          const ModelParts& parts, at::ScalarType file_dtype) {
+  allocate_uninitialised(module, execution.device, dtype);
+  if (!parts.half_weights || dtype != at::kFloat || (file_dtype != at::kHalf && file_dtype != at::kBFloat16)) return;
+  for (const auto& child : module.modules(/*include_self=*/false)) {
+    if (auto* linear = dynamic_cast<LinearImpl*>(child.get())) {
+      allocate_uninitialised(*linear, execution.device, file_dtype);
+    } else if (auto* conv = dynamic_cast<Conv2dImpl*>(child.get())) {
+      allocate_uninitialised(*conv, execution.device, file_dtype);
+    }
+  }
+}
+
 void place(ModelBundle& bundle, const ExecutionOptions& execution) {
-  // Half precision VAEs overflow in decoding (diffusers' force_upcast); they stay in float32.
-  const bool vae_in_fp32 = execution.dtype == at::kHalf && bundle.vae->config().force_upcast;
-  bundle.text_encoder->to(execution.device, execution.dtype);
-  bundle.unet->to(execution.device, execution.dtype);
-  bundle.vae->to(execution.device, vae_in_fp32 ? at::kFloat : execution.dtype);
+  // Dtypes were chosen before loading; only what is not a weight (integer buffers) still moves.
+  bundle.text_encoder->to(execution.device);
+  bundle.unet->to(execution.device);
+  bundle.vae->to(execution.device);
   for (auto* module : std::initializer_list<torch::nn::Module*>{bundle.text_encoder.get(), bundle.unet.get(),
                                                                 bundle.vae.get()}) {
     module->eval();
@@ -69,7 +102,8 @@ void place(ModelBundle& bundle, const ExecutionOptions& execution) {
   }
 }
 
-std::shared_ptr<ModelBundle> load_folder(const fs::path& root, const ExecutionOptions& execution) {
+std::shared_ptr<ModelBundle> load_folder(const fs::path& root, const ExecutionOptions& execution,
+                                         const ModelParts& parts) {
   const std::string folder = root.string();
   if (!fs::exists(root / "model_index.json"))
     throw Error(fmt::format("{}: not a diffusers model folder (no model_index.json)", folder));
@@ -81,20 +115,26 @@ std::shared_ptr<ModelBundle> load_folder(const fs::path& root, const ExecutionOp
       component_config(scheduler_dir, "scheduler_config.json"), execution, ""});
   at::NoGradGuard no_grad;
   bundle->text_encoder = ClipTextModel(ClipTextConfig::from_json(component_config(text_dir)));
-  load_state_dict(*bundle->text_encoder, SafetensorsFile::open(weights_file(text_dir, "model")),
-                  {{"text_model.embeddings.position_ids", "text_projection.weight"}});
   bundle->unet = UNet2DConditionModel(UNetConfig::from_json(component_config(unet_dir)));
+  bundle->vae = AutoencoderKL(VaeConfig::from_json(component_config(vae_dir)), parts.vae_encoder);
+  const SafetensorsFile text_file = SafetensorsFile::open(weights_file(text_dir, "model"));
+  allocate_for_loading(*bundle->text_encoder, execution, execution.dtype, parts, stored_dtype(text_file));
+  load_state_dict(*bundle->text_encoder, text_file, {{"text_model.embeddings.position_ids", "text_projection.weight"}});
   bundle->unet_weights_path = weights_file(unet_dir, "diffusion_pytorch_model");
-  load_state_dict(*bundle->unet, SafetensorsFile::open(bundle->unet_weights_path));
-  bundle->vae = AutoencoderKL(VaeConfig::from_json(component_config(vae_dir)));
+  const SafetensorsFile unet_file = SafetensorsFile::open(bundle->unet_weights_path);
+  allocate_for_loading(*bundle->unet, execution, execution.dtype, parts, stored_dtype(unet_file));
+  load_state_dict(*bundle->unet, unet_file);
   LoadOptions vae_options;
   vae_options.rename = rename_legacy_vae_key;
-  load_state_dict(*bundle->vae, SafetensorsFile::open(weights_file(vae_dir, "diffusion_pytorch_model")), vae_options);
+  if (!parts.vae_encoder) vae_options.skipped_prefixes = {"encoder.", "quant_conv."};
+  const SafetensorsFile vae_file = SafetensorsFile::open(weights_file(vae_dir, "diffusion_pytorch_model"));
+  allocate_for_loading(*bundle->vae, execution, vae_dtype(bundle->vae->config(), execution), parts, stored_dtype(vae_file));
+  load_state_dict(*bundle->vae, vae_file, vae_options);
   return bundle;
 }
 
 std::shared_ptr<ModelBundle> load_single_file(const fs::path& file_path, const ModelSourceOptions& sources,
-                                              const ExecutionOptions& execution) {
+                                              const ExecutionOptions& execution, const ModelParts& parts) {
   const std::string path = file_path.string();
   const SafetensorsFile file = SafetensorsFile::open(path);
   const LdmCheckpointInfo info = inspect_ldm_checkpoint(file);
@@ -132,10 +172,14 @@ std::shared_ptr<ModelBundle> load_single_file(const fs::path& file_path, const M
   if (info.has_ema) spdlog::info("{}: the file also holds EMA weights (model_ema.*); using the non-EMA weights", path);
   at::NoGradGuard no_grad;
   bundle->unet = UNet2DConditionModel(unet_config);
-  load_ldm_unet(*bundle->unet, file);
-  bundle->vae = AutoencoderKL(vae_json ? VaeConfig::from_json(*vae_json) : VaeConfig());
-  load_ldm_vae(*bundle->vae, file);
+  bundle->vae = AutoencoderKL(vae_json ? VaeConfig::from_json(*vae_json) : VaeConfig(), parts.vae_encoder);
   bundle->text_encoder = ClipTextModel(text_json ? ClipTextConfig::from_json(*text_json) : ClipTextConfig::sd15());
+  const at::ScalarType file_dtype = stored_dtype(file);
+  allocate_for_loading(*bundle->unet, execution, execution.dtype, parts, file_dtype);
+  allocate_for_loading(*bundle->vae, execution, vae_dtype(bundle->vae->config(), execution), parts, file_dtype);
+  allocate_for_loading(*bundle->text_encoder, execution, execution.dtype, parts, file_dtype);
+  load_ldm_unet(*bundle->unet, file);
+  load_ldm_vae(*bundle->vae, file);
   load_ldm_text_encoder(*bundle->text_encoder, file, info.text_encoder);
   return bundle;
 }
@@ -143,14 +187,14 @@ std::shared_ptr<ModelBundle> load_single_file(const fs::path& file_path, const M
 }  // namespace
 
 std::shared_ptr<ModelBundle> load_model_bundle(const std::string& path, const ExecutionOptions& execution,
-                                               const ModelSourceOptions& sources) {
+                                               const ModelSourceOptions& sources, const ModelParts& parts) {
   const fs::path root(path);
   if (!fs::exists(root)) throw Error(fmt::format("{}: no such model folder or file", path));
   std::shared_ptr<ModelBundle> bundle;
   if (fs::is_directory(root)) {
-    bundle = load_folder(root, execution);
+    bundle = load_folder(root, execution, parts);
   } else if (root.extension() == ".safetensors") {
-    bundle = load_single_file(root, sources, execution);
+    bundle = load_single_file(root, sources, execution, parts);
   } else {
     throw Error(fmt::format("{}: give a diffusers folder or a single-file .safetensors checkpoint", path));
   }
@@ -158,6 +202,30 @@ std::shared_ptr<ModelBundle> load_model_bundle(const std::string& path, const Ex
   place(*bundle, execution);
   spdlog::debug("loaded {} ({} on {})", path, dtype_name(execution.dtype), execution.device.str());
   return bundle;
+}
+
+namespace {
+
+// LoRA networks keep their models alive to detach from them later, so the storage itself is
+// dropped, not just the bundle's reference.
+void release_weights(torch::nn::Module& module) {
+  at::NoGradGuard no_grad;
+  for (auto& [name, tensor] : module_tensors(module)) tensor.set_data(at::empty({0}, tensor.options()));
+  release_free_memory();
+}
+
+}  // namespace
+
+void ModelBundle::release_text_encoder() {
+  if (!text_encoder) return;
+  release_weights(*text_encoder);
+  text_encoder = nullptr;
+}
+
+void ModelBundle::release_unet() {
+  if (!unet) return;
+  release_weights(*unet);
+  unet = nullptr;
 }
 
 std::string diffusers_model_index_json() {

@@ -1,7 +1,10 @@
 #include "singleinsert/pipeline/prompt_encoding.h"
 
+
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
+
+#include "singleinsert/core/error.h"
 
 namespace singleinsert {
 
@@ -28,6 +31,7 @@ std::string expand_prompt(const std::string& prompt, const std::map<std::string,
 }
 
 at::Tensor encode_prompts(ModelBundle& bundle, const std::vector<std::string>& prompts) {
+  if (!bundle.text_encoder) throw Error("the text encoder was released after the prompts were encoded");
   at::NoGradGuard no_grad;
   std::vector<std::string> expanded;
   for (const auto& prompt : prompts) expanded.push_back(expand_prompt(prompt, bundle.prompt_expansions));

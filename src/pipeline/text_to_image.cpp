@@ -73,6 +73,7 @@ at::Tensor to_uint8_pixels(const at::Tensor& images) {
 
 GeneratedImages generate(ModelBundle& bundle, const GenerateOptions& options, const ProgressCallback& progress,
                          DenoiseTrace* trace) {
+  if (!bundle.unet) throw Error("the UNet was released after an earlier run");
   const int64_t factor = bundle.vae_scale_factor();
   validate_generate_options(options, factor, NoiseScheduleConfig::from_json(bundle.scheduler_config).num_train_timesteps);
   const auto start = std::chrono::steady_clock::now();
@@ -86,6 +87,7 @@ GeneratedImages generate(ModelBundle& bundle, const GenerateOptions& options, co
   // [uncond x count; cond x count] (diffusers' order), each prompt repeated per image.
   at::Tensor context = repeat_rows(encode_prompts(bundle, options.prompts), options.images_per_prompt);
   if (guided) context = at::cat({repeat_rows(encode_prompts(bundle, negatives), options.images_per_prompt), context});
+  if (options.release_models) bundle.release_text_encoder();
 
   if (trace) trace->context = context;
   auto sampler = make_sampler(options.sampler, bundle.scheduler_config);
@@ -126,8 +128,10 @@ GeneratedImages generate(ModelBundle& bundle, const GenerateOptions& options, co
     if (progress) progress({"denoise", i + 1, total, seconds_since(start), {}});
   }
 
+  if (options.release_models) bundle.release_unet();
   GeneratedImages out;
-  const auto vae_dtype = bundle.vae->decoder->conv_in->weight.scalar_type();
+  // The norms' dtype is the VAE's compute dtype (half-precision stored weights are upcast).
+  const auto vae_dtype = bundle.vae->decoder->conv_norm_out->weight.scalar_type();
   const float scaling = static_cast<float>(bundle.vae->config().scaling_factor);
   std::vector<at::Tensor> decoded;
   for (int64_t i = 0; i < count; ++i) {

@@ -39,6 +39,7 @@ struct GenerateArgs {
   std::vector<std::string> concepts, loras, embeddings;
   bool overwrite = false;
   bool grid = false;
+  bool half_weights = false;
 };
 
 // An editing list's prompts (.json, as eval images reads them) or a text file's non-empty lines.
@@ -94,7 +95,10 @@ void run_generate(GenerateArgs& args) {
   }
   OutputDirectory out(args.out, args.overwrite);
 
-  auto bundle = load_model_bundle(args.model.model, execution, args.model.sources);
+  ModelParts parts;
+  parts.vae_encoder = false;  // generate only decodes
+  parts.half_weights = args.half_weights;
+  auto bundle = load_model_bundle(args.model.model, execution, args.model.sources, parts);
   std::vector<ConceptRequest> concept_requests;
   for (const auto& text : args.concepts) concept_requests.push_back(parse_concept_request(text));
   std::vector<LoraRequest> lora_requests;
@@ -106,6 +110,7 @@ void run_generate(GenerateArgs& args) {
   const auto embedding_triggers = apply_embeddings(*bundle, embedding_requests);
   require_triggers(options.prompts, concepts.triggers);
 
+  options.release_models = true;  // one batch: every prompt is encoded and sampled at once
   ProgressLine progress;
   const GeneratedImages result = generate(*bundle, options, std::ref(progress));
   progress.finish();
@@ -200,6 +205,9 @@ void add_generate_command(CLI::App& app) {
   command->add_flag("--grid", args->grid, "Also write grid.png: one row per prompt, one column per image");
   command->add_option("--device", args->device, "auto|cpu|cuda")->capture_default_str();
   command->add_option("--dtype", args->dtype, "fp32|fp16|bf16")->capture_default_str();
+  command->add_flag("--half-weights", args->half_weights,
+                    "With --dtype fp32 and a half-precision model file: keep its weights as stored and upcast "
+                    "each layer's as it runs (the same images, half the memory for weights)");
   command->add_option("--concept", args->concepts,
                       "A concept folder from invert/finetune, optionally DIR:TRIGGER (repeat to compose)");
   command->add_option("--lora", args->loras, "A LoRA file (kohya, diffusers/PEFT), optionally FILE:SCALE (repeatable)");

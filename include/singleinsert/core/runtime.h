@@ -13,4 +13,9 @@ struct RuntimeInfo {
 // some VMs), and reports which allocator is serving large tensors.
 RuntimeInfo configure_runtime();
 
+// Returns the allocator's free memory to the operating system after a large release (a model's
+// weights), so that what follows reuses pages the kernel hands out again rather than growing the
+// process: tcmalloc otherwise keeps every freed span for itself.
+void release_free_memory();
+
 }  // namespace singleinsert

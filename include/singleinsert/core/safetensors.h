@@ -38,6 +38,10 @@ class SafetensorsFile {
   at::Tensor view(const std::string& key) const;
   // An owned copy, in the file's dtype.
   at::Tensor tensor(const std::string& key) const;
+  // Hands the pages under a view of this file back to the kernel once its bytes have been copied
+  // (they stop counting as the process's memory; a later read maps them in again from the page
+  // cache). A tensor that is not a contiguous view of this mapping is left alone.
+  void release_pages(const at::Tensor& view) const;
 
  private:
   struct Mapping;

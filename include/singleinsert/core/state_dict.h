@@ -22,6 +22,12 @@ struct LoadOptions {
   std::function<std::string(const std::string&)> rename;
   // Only file keys with this prefix are considered; it is removed before matching.
   std::string prefix;
+  // File keys with any of these prefixes (after renaming) are skipped: parts of a file the module
+  // leaves out on purpose (a VAE built without its encoder).
+  std::vector<std::string> skipped_prefixes;
+  // The mapped file that in-memory tensors are views of, whose pages are released as each one is
+  // copied (the file overload does this by itself).
+  const SafetensorsFile* mapped_file = nullptr;
 };
 
 // The module's tensors keyed by their registered names.
@@ -35,5 +41,10 @@ void load_state_dict(torch::nn::Module& module, const std::map<std::string, at::
                      const std::string& origin, const LoadOptions& options = {});
 
 NamedTensors state_dict(const torch::nn::Module& module);
+
+// Gives every floating-point parameter and buffer a fresh uninitialised tensor of `dtype` on
+// `device`, for a model about to be loaded: nothing is copied or touched, so a model built in
+// float32 and loaded in bf16 never holds a float32 copy of its weights.
+void allocate_uninitialised(torch::nn::Module& module, const c10::Device& device, at::ScalarType dtype);
 
 }  // namespace singleinsert

@@ -49,6 +49,9 @@ class AutocastGuard {
   at::ScalarType previous_dtype_;
 };
 
+// Whether autocast is on for this device type in the current thread.
+bool autocast_active(c10::DeviceType device_type);
+
 // Lets float32 matrix products use TF32 tensor cores on CUDA (no effect elsewhere).
 void allow_tf32(bool allowed);
 

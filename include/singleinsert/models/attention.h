@@ -17,6 +17,7 @@ struct AttentionOptions {
   int64_t dim_head = 64;
   bool bias = false;                // on to_q/to_k/to_v (to_out.0 always has one)
   bool upcast_attention = false;    // q k^T in float32 under reduced precision (SD v2.1)
+  bool upcast_softmax = false;      // softmax in float32 under reduced precision (diffusers' VAE attention)
   // VAE-style: GroupNorm on [B, C, H, W] input, residual added after the projection.
   int64_t norm_num_groups = 0;
   double norm_eps = 1e-6;

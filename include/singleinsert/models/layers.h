@@ -40,6 +40,8 @@ class LinearImpl : public torch::nn::Module, public AdaptableLayer {
  public:
   LinearImpl(int64_t in_features, int64_t out_features, bool bias = true);
   at::Tensor forward(const at::Tensor& x);  // [..., in] -> [..., out]
+  // Outputs first .. first + count only, without adapters: [..., in] -> [..., count].
+  at::Tensor forward_rows(const at::Tensor& x, int64_t first, int64_t count);
   void init_parameters(at::Generator& generator) override;
   int64_t in_features() const override { return weight.size(1); }
   int64_t out_features() const override { return weight.size(0); }

@@ -85,7 +85,9 @@ TORCH_MODULE(VaeDecoder);
 
 class AutoencoderKLImpl : public torch::nn::Module {
  public:
-  explicit AutoencoderKLImpl(const VaeConfig& config);
+  // Without the encoder (and quant_conv) for commands that only decode: a third of the weights.
+  explicit AutoencoderKLImpl(const VaeConfig& config, bool with_encoder = true);
+  bool has_encoder() const { return !encoder.is_empty(); }
 
   // Images in [-1, 1] -> the posterior over (unscaled) latents.
   VaePosterior encode(const at::Tensor& images, ActivationTrace* trace = nullptr);

@@ -29,6 +29,11 @@ struct ModelBundle {
   // Multi-vector embeddings: a trigger in a prompt stands for several tokens ("t" -> "t t_1 t_2").
   std::map<std::string, std::string> prompt_expansions;
 
+  // One-shot commands free what they need no more: the text encoder once every prompt is
+  // encoded, the UNet once sampling is done (before decoding, whose activations then reuse it).
+  void release_text_encoder();
+  void release_unet();
+
   // Pixels per latent along each side.
   int64_t vae_scale_factor() const { return vae->config().downsampling_factor(); }
 };
@@ -39,11 +44,21 @@ struct ModelSourceOptions {
   std::string tokenizer;     // a CLIP tokenizer folder (vocab.json, merges.txt)
 };
 
+// The parts of a model a command needs (what it leaves out is never read from the file).
+struct ModelParts {
+  bool vae_encoder = true;  // false for commands that only decode (generate)
+  // A float32 run on a half-precision file: its Linear and Conv2d weights stay as stored and are
+  // upcast layer by layer as they run. The same results (float32 holds every fp16 and bf16
+  // value) with about half the weight memory.
+  bool half_weights = false;
+};
+
 // Loads a diffusers folder, or a single-file LDM checkpoint (.safetensors) with the architecture
 // of `sources.model_config` or the built-in SD v1.5 one. Throws Error naming the file or folder
 // and the missing or broken part.
 std::shared_ptr<ModelBundle> load_model_bundle(const std::string& path, const ExecutionOptions& execution = {},
-                                               const ModelSourceOptions& sources = {});
+                                               const ModelSourceOptions& sources = {},
+                                               const ModelParts& parts = {});
 
 // model_index.json of a StableDiffusionPipeline folder.
 std::string diffusers_model_index_json();

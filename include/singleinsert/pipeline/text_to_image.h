@@ -26,6 +26,9 @@ struct GenerateOptions {
   // Starting latents [prompts x images, C, H/f, W/f] instead of seeded noise (reproducing a
   // run from elsewhere); they are scaled by the sampler's init_noise_sigma like noise is.
   c10::optional<at::Tensor> initial_latents;
+  // A one-shot run: free the text encoder once the prompts are encoded and the UNet once the
+  // latents are sampled (ModelBundle::release_text_encoder / release_unet).
+  bool release_models = false;
 };
 
 struct GeneratedImages {

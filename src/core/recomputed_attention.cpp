@@ -1,0 +1,62 @@
+#include "singleinsert/core/recomputed_attention.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace singleinsert {
+namespace {
+
+struct Probabilities {
+  at::Tensor softmax;  // what softmax returned (float32 when upcast)
+  at::Tensor probs;    // in v's dtype, what multiplies v
+};
+
+Probabilities attention_probabilities(const at::Tensor& q, const at::Tensor& k, at::ScalarType value_dtype,
+                                      double scale, bool upcast_softmax) {
+  // In place on zeros, as compat::scaled_dot_product_attention does (LibTorch 1.13's out-of-place
+  // CPU baddbmm with beta 0 reads its uninitialised result).
+  const at::Tensor scores = at::zeros({q.size(0), q.size(1), k.size(1)}, q.options())
+                                .baddbmm_(q, k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
+  const bool reduced = scores.scalar_type() == at::kHalf || scores.scalar_type() == at::kBFloat16;
+  Probabilities p;
+  p.softmax = upcast_softmax && reduced ? scores.to(at::kFloat).softmax(-1) : scores.softmax(-1);
+  p.probs = p.softmax.to(value_dtype);
+  return p;
+}
+
+class RecomputedAttention : public torch::autograd::Function<RecomputedAttention> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, double scale, bool upcast_softmax) {
+    ctx->save_for_backward({q, k, v});
+    ctx->saved_data["scale"] = scale;
+    ctx->saved_data["upcast_softmax"] = upcast_softmax;
+    return at::bmm(attention_probabilities(q, k, v.scalar_type(), scale, upcast_softmax).probs, v);  // [BH, Lq, D]
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
+    const double scale = ctx->saved_data["scale"].toDouble();
+    const bool upcast_softmax = ctx->saved_data["upcast_softmax"].toBool();
+    const Probabilities p = attention_probabilities(q, k, v.scalar_type(), scale, upcast_softmax);
+    const at::Tensor grad_out = grad_outputs[0].to(v.scalar_type());                     // [BH, Lq, D]
+    const at::Tensor grad_v = at::bmm(p.probs.transpose(1, 2), grad_out);               // [BH, Lk, D]
+    const at::Tensor grad_probs = at::bmm(grad_out, v.transpose(1, 2)).to(p.softmax.scalar_type());
+    const at::Tensor grad_scores = at::_softmax_backward_data(grad_probs, p.softmax, -1, p.softmax.scalar_type())
+                                       .to(q.scalar_type());                                // [BH, Lq, Lk]
+    const at::Tensor grad_q = at::bmm(grad_scores, k) * scale;                   // [BH, Lq, D]
+    const at::Tensor grad_k = at::bmm(grad_scores.transpose(1, 2), q) * scale;   // [BH, Lk, D]
+    return {grad_q, grad_k, grad_v, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor recomputed_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                                bool upcast_softmax) {
+  return RecomputedAttention::apply(q, k, v, scale, upcast_softmax);
+}
+
+}  // namespace singleinsert
