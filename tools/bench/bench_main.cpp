@@ -3,7 +3,8 @@
 //
 //   singleinsert-bench [--scenario NAME ...] [--arch sd15|default] [--model DIR] [--device cpu|cuda]
 //                      [--dtype fp32|bf16|fp16] [--resolution PX] [--batch N] [--steps N]
-//                      [--warmup N] [--repeats N] [--json]
+//                      [--warmup N] [--repeats N] [--sampler NAME] [--guidance G]
+//                      [--profile TRACE.json] [--json]
 //
 // Each scenario reports the median and spread over --repeats timed runs (after --warmup runs),
 // iterations per second, the process's peak memory, and achieved TFLOP/s from the FLOPs its
@@ -11,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 #include <sys/resource.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/version.h>
 #ifdef SINGLEINSERT_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -59,6 +61,9 @@ struct BenchOptions {
   int steps = 50;
   int warmup = 1;
   int repeats = 5;
+  std::string sampler = "ddim";
+  double guidance = 7.5;
+  std::string profile;  // a Chrome trace of the timed runs' operators
   bool json = false;
   bool tf32 = true;
 };
@@ -215,11 +220,12 @@ std::map<std::string, Scenario> scenarios() {
     GenerateOptions options;
     options.prompts = std::vector<std::string>(batch, "a photo of a face wearing sunglasses");
     options.steps = o.steps;
-    options.sampler = "ddim";
+    options.sampler = o.sampler;
+    options.guidance_scale = o.guidance;
     options.width = options.height = o.resolution;
     return std::function<void()>([&bundle, options] { generate(bundle, options); });
   };
-  all["sample"] = {"text to decoded image: DDIM, --steps steps, guidance 7.5", 1, sample};
+  all["sample"] = {"text to decoded image: --sampler (DDIM), --steps steps, --guidance (7.5)", 1, sample};
   // The large sizes where attention's score matrix, not the weights, sets the peak.
   all["sample_768"] = {"sample at 768x768", 1, sample, 768};
   all["sample_1024"] = {"sample at 1024x1024", 1, sample, 1024};
@@ -268,12 +274,16 @@ BenchOptions parse(int argc, char** argv) {
     else if (arg == "--steps") o.steps = std::stoi(value(i));
     else if (arg == "--warmup") o.warmup = std::stoi(value(i));
     else if (arg == "--repeats") o.repeats = std::stoi(value(i));
+    else if (arg == "--sampler") o.sampler = value(i);
+    else if (arg == "--guidance") o.guidance = std::stod(value(i));
+    else if (arg == "--profile") o.profile = value(i);
     else if (arg == "--json") o.json = true;
     else if (arg == "--no-tf32") o.tf32 = false;
     else if (arg == "--help" || arg == "-h") {
       std::printf("usage: singleinsert-bench [--scenario NAME ...] [--arch sd15|default] [--model DIR]\n"
                   "  [--device cpu|cuda] [--dtype fp32|bf16|fp16] [--resolution PX] [--batch N] [--steps N]\n"
-                  "  [--warmup N] [--repeats N] [--json] [--no-tf32]\nscenarios:");
+                  "  [--warmup N] [--repeats N] [--sampler NAME] [--guidance G] [--profile TRACE.json]\n"
+                  "  [--json] [--no-tf32]\nscenarios:");
       for (const auto& [name, scenario] : scenarios()) std::printf(" %s", name.c_str());
       for (const auto& [name, scenario] : training_scenarios()) std::printf(" %s", name.c_str());
       std::printf("\n");
@@ -373,6 +383,8 @@ int run(int argc, char** argv) {
     const int64_t flop_count = flops::stop();
     for (int i = 1; i < options.warmup; ++i) body();
     std::vector<double> ms;
+    std::unique_ptr<torch::autograd::profiler::RecordProfile> profile;
+    if (!options.profile.empty()) profile = std::make_unique<torch::autograd::profiler::RecordProfile>(options.profile);
     for (int i = 0; i < options.repeats; ++i) {
       synchronize(execution.device);
       const auto start = std::chrono::steady_clock::now();
@@ -380,6 +392,7 @@ int run(int argc, char** argv) {
       synchronize(execution.device);
       ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
+    profile.reset();
     std::sort(ms.begin(), ms.end());
     const double median = ms[ms.size() / 2];
     const nlohmann::json row = {{"scenario", name},
