@@ -33,6 +33,8 @@ done
 [[ -x "$sd_cli" ]] || { echo "compare_peers.sh: --sd-cli must be stable-diffusion.cpp's sd-cli" >&2; exit 2; }
 [[ -x /usr/bin/time ]] || { echo "compare_peers.sh: needs /usr/bin/time (apt-get install time)" >&2; exit 2; }
 
+model="${model%/}"
+export OMP_NUM_THREADS=2  # every program on 2 threads (sd.cpp: -t 2; diffusers: set_num_threads(2))
 root="$(cd "$(dirname "$0")/.." && pwd)"
 si="$root/build/tools/singleinsert" bench="$root/build/tools/singleinsert-bench"
 prompt="a photo of a face wearing sunglasses"
@@ -85,12 +87,14 @@ for round in $(seq 1 "$rounds"); do
       whole "$round" stable-diffusion.cpp f16 "$sd_cli" -m "$file" -p "$prompt" --steps "$steps" -W "$size" \
         -H "$size" -t 2 --sampling-method euler --cfg-scale 7 -o "$out/sdcpp.png"
     fi
-    ms=$(OMP_NUM_THREADS=2 "$bench" --model "$model" --scenario sample --steps "$steps" --resolution "$size" \
+    ms=$("$bench" --model "$model" --scenario sample --steps "$steps" --resolution "$size" \
       --sampler euler --guidance 7 --warmup 1 --repeats 1 --dtype "$precision" --json |
       python3 -c 'import json,sys; print(json.load(sys.stdin)["scenarios"][0]["median_ms"])')
-    printf '%s\tsingleinsert\t%s\tgeneration only\t%s\t\n' "$round" "$precision" \
-      "$(python3 -c "print($ms / 1000)")" >> "$tsv"
-    printf '%s\tdiffusers\t%s\tgeneration only\t%s\t\n' "$round" "$precision" "$(diffusers "$precision")" >> "$tsv"
+    seconds=$(python3 -c "print($ms / 1000)")
+    printf '%s\tsingleinsert\t%s\tgeneration only\t%s\t\n' "$round" "$precision" "$seconds" >> "$tsv"
+    seconds=$(diffusers "$precision")
+    [[ -n "$seconds" ]] || { echo "compare_peers.sh: diffusers failed" >&2; exit 1; }
+    printf '%s\tdiffusers\t%s\tgeneration only\t%s\t\n' "$round" "$precision" "$seconds" >> "$tsv"
   done
 done
 python3 "$root/scripts/peers/compare_table.py" "$tsv" | tee "$out/table.md"

@@ -292,6 +292,8 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
   refused("--images-per-prompt 0", generate_args(tiny_model(), out, {"--images-per-prompt", "0"}), "at least 1");
   refused("--guidance -1", generate_args(tiny_model(), out, {"--guidance", "-1"}), "must not be negative");
   refused("an unknown sampler", generate_args(tiny_model(), out, {"--sampler", "heun"}), "unknown sampler 'heun'");
+  refused("--half-weights with --dtype bf16", generate_args(tiny_model(), out, {"--dtype", "bf16", "--half-weights"}),
+          "--half-weights is for --dtype fp32");
   refused("--resolution 4 for training", invert_args(preset, out, image_file(), mask_file(), {"--resolution", "4"}),
           "--resolution 4 is too small");
 

@@ -11,15 +11,19 @@ struct Probabilities {
   at::Tensor probs;    // in v's dtype, what multiplies v
 };
 
+// softmax_dtype: the dtype the forward pass's softmax actually ran in (autocast may have chosen
+// it), so that the backward pass recomputes the same probabilities outside autocast.
 Probabilities attention_probabilities(const at::Tensor& q, const at::Tensor& k, at::ScalarType value_dtype,
-                                      double scale, bool upcast_softmax) {
+                                      double scale, bool upcast_softmax,
+                                      c10::optional<at::ScalarType> softmax_dtype = c10::nullopt) {
   // In place on zeros, as compat::scaled_dot_product_attention does (LibTorch 1.13's out-of-place
   // CPU baddbmm with beta 0 reads its uninitialised result).
   const at::Tensor scores = at::zeros({q.size(0), q.size(1), k.size(1)}, q.options())
                                 .baddbmm_(q, k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
   const bool reduced = scores.scalar_type() == at::kHalf || scores.scalar_type() == at::kBFloat16;
   Probabilities p;
-  p.softmax = upcast_softmax && reduced ? scores.to(at::kFloat).softmax(-1) : scores.softmax(-1);
+  if (softmax_dtype) p.softmax = scores.to(*softmax_dtype).softmax(-1);
+  else p.softmax = upcast_softmax && reduced ? scores.to(at::kFloat).softmax(-1) : scores.softmax(-1);
   p.probs = p.softmax.to(value_dtype);
   return p;
 }
@@ -30,8 +34,9 @@ class RecomputedAttention : public torch::autograd::Function<RecomputedAttention
                             const at::Tensor& v, double scale, bool upcast_softmax) {
     ctx->save_for_backward({q, k, v});
     ctx->saved_data["scale"] = scale;
-    ctx->saved_data["upcast_softmax"] = upcast_softmax;
-    return at::bmm(attention_probabilities(q, k, v.scalar_type(), scale, upcast_softmax).probs, v);  // [BH, Lq, D]
+    const Probabilities p = attention_probabilities(q, k, v.scalar_type(), scale, upcast_softmax);
+    ctx->saved_data["softmax_dtype"] = static_cast<int64_t>(p.softmax.scalar_type());
+    return at::bmm(p.probs, v);  // [BH, Lq, D]
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -39,8 +44,8 @@ class RecomputedAttention : public torch::autograd::Function<RecomputedAttention
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &q = saved[0], &k = saved[1], &v = saved[2];
     const double scale = ctx->saved_data["scale"].toDouble();
-    const bool upcast_softmax = ctx->saved_data["upcast_softmax"].toBool();
-    const Probabilities p = attention_probabilities(q, k, v.scalar_type(), scale, upcast_softmax);
+    const auto softmax_dtype = static_cast<at::ScalarType>(ctx->saved_data["softmax_dtype"].toInt());
+    const Probabilities p = attention_probabilities(q, k, v.scalar_type(), scale, false, softmax_dtype);
     const at::Tensor grad_out = grad_outputs[0].to(v.scalar_type());                     // [BH, Lq, D]
     const at::Tensor grad_v = at::bmm(p.probs.transpose(1, 2), grad_out);               // [BH, Lk, D]
     const at::Tensor grad_probs = at::bmm(grad_out, v.transpose(1, 2)).to(p.softmax.scalar_type());

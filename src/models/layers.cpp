@@ -89,8 +89,8 @@ at::Tensor LinearImpl::forward(const at::Tensor& x) {
 
 at::Tensor LinearImpl::forward_rows(const at::Tensor& x, int64_t first, int64_t count) {
   if (flops::counting()) flops::add(2 * x.numel() * count);
-  return at::linear(x, weight_for(weight, x, /*reuse_buffer=*/true).narrow(0, first, count),
-                    bias.defined() ? c10::optional<at::Tensor>(weight_for(bias, x).narrow(0, first, count)) : c10::nullopt);
+  return at::linear(x, weight_for(weight.narrow(0, first, count), x, /*reuse_buffer=*/true),
+                    bias.defined() ? c10::optional<at::Tensor>(weight_for(bias.narrow(0, first, count), x)) : c10::nullopt);
 }
 
 void LinearImpl::init_parameters(at::Generator& generator) {

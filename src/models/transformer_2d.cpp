@@ -7,7 +7,8 @@ namespace singleinsert {
 GegluImpl::GegluImpl(int64_t dim_in, int64_t dim_out) { proj = register_module("proj", Linear(dim_in, dim_out * 2)); }
 
 at::Tensor GegluImpl::forward(const at::Tensor& x) {
-  if (proj->adapters().empty()) {
+  // (Only for a frozen projection: a trained one would get two full-size gradients, one per half.)
+  if (proj->adapters().empty() && !(proj->weight.requires_grad() && at::GradMode::is_enabled())) {
     // Two half-width products give a contiguous gate: gelu on the strided half of one product
     // runs several times slower on the CPU, and the products cost the same.
     const int64_t half = proj->out_features() / 2;

@@ -91,7 +91,7 @@ void allocate_for_loading(torch::nn::Module& module, const ExecutionOptions& exe
 }
 
 void place(ModelBundle& bundle, const ExecutionOptions& execution) {
-  // Dtypes were chosen before loading; only what is not a weight (integer buffers) still moves.
+  // Dtypes and devices were chosen before loading (allocate_for_loading); this only makes sure.
   bundle.text_encoder->to(execution.device);
   bundle.unet->to(execution.device);
   bundle.vae->to(execution.device);
@@ -200,6 +200,10 @@ std::shared_ptr<ModelBundle> load_model_bundle(const std::string& path, const Ex
   }
   check_components_fit(*bundle);
   place(*bundle, execution);
+  if (parts.half_weights && execution.dtype == at::kFloat && bundle->unet->conv_in->weight.scalar_type() == at::kFloat)
+    spdlog::warn("{}: the UNet's weights are stored in float32 (or in mixed precision), so --half-weights changes "
+                 "nothing",
+                 path);
   spdlog::debug("loaded {} ({} on {})", path, dtype_name(execution.dtype), execution.device.str());
   return bundle;
 }

@@ -65,6 +65,8 @@ void run_generate(GenerateArgs& args) {
     for (const std::string& prompt : prompts_from_file(args.prompts_from)) options.prompts.push_back(prompt);
   }
   if (options.prompts.empty()) throw Error("generate needs --prompt or --prompts-from");
+  if (args.half_weights && execution.dtype != at::kFloat)
+    throw Error("--half-weights is for --dtype fp32 (with fp16 or bf16 the weights are half precision already)");
   // Everything that can be checked cheaply is checked before the model loads or a file is written.
   if (!fs::exists(args.model.model)) throw Error(fmt::format("{}: no such model folder or file", args.model.model));
   if (options.width == 0) options.width = native_image_size(args.model);
