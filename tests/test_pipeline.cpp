@@ -100,8 +100,8 @@ TEST(SeededNoise, ReproducesTorchGeneratorBitForBit) {
 }
 
 // Weights go from the file straight into the dtype the model runs in, with no float32 copy on the
-// way: the values are the file's, rounded once (fp16 files reach bf16 through float32, which
-// holds both exactly).
+// way: the values are the file's, rounded once (an fp16 file's values reach bf16 as through
+// float32, which holds both exactly).
 TEST(ModelBundle, LoadsStraightIntoTheComputeDtype) {
   ExecutionOptions execution;
   execution.dtype = at::kBFloat16;

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include "singleinsert/core/torch_compat.h"
+
 namespace singleinsert {
 namespace {
 
@@ -16,14 +18,11 @@ struct Probabilities {
 Probabilities attention_probabilities(const at::Tensor& q, const at::Tensor& k, at::ScalarType value_dtype,
                                       double scale, bool upcast_softmax,
                                       c10::optional<at::ScalarType> softmax_dtype = c10::nullopt) {
-  // In place on zeros, as compat::scaled_dot_product_attention does (LibTorch 1.13's out-of-place
-  // CPU baddbmm with beta 0 reads its uninitialised result).
-  const at::Tensor scores = at::zeros({q.size(0), q.size(1), k.size(1)}, q.options())
-                                .baddbmm_(q, k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
-  const bool reduced = scores.scalar_type() == at::kHalf || scores.scalar_type() == at::kBFloat16;
+  const at::Tensor scores = compat::attention_scores(q, k, scale);  // [BH, Lq, Lk]
   Probabilities p;
   if (softmax_dtype) p.softmax = scores.to(*softmax_dtype).softmax(-1);
-  else p.softmax = upcast_softmax && reduced ? scores.to(at::kFloat).softmax(-1) : scores.softmax(-1);
+  else if (upcast_softmax && compat::is_reduced_float(scores.scalar_type())) p.softmax = scores.to(at::kFloat).softmax(-1);
+  else p.softmax = scores.softmax(-1);
   p.probs = p.softmax.to(value_dtype);
   return p;
 }

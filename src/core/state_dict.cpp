@@ -20,25 +20,6 @@ std::string list_some(const std::vector<std::string>& keys, size_t limit = 3) {
 }
 
 bool is_float(at::ScalarType dtype) { return at::isFloatingType(dtype); }
-bool is_half_type(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
-
-// LibTorch converts fp16 to bf16 (and back) element by element, about ten times slower than
-// through float32, which gives the same values (float32 holds both exactly). One small buffer is
-// reused, so the conversion adds no memory.
-void copy_through_float32(at::Tensor& target, const at::Tensor& source) {
-  constexpr int64_t kChunk = int64_t{1} << 20;
-  const at::Tensor from = source.reshape({-1});
-  at::Tensor to = target.view({-1});
-  const int64_t count = from.numel();
-  at::Tensor buffer = at::empty({std::min(kChunk, count)}, from.options().dtype(at::kFloat));
-  for (int64_t start = 0; start < count; start += kChunk) {
-    const int64_t length = std::min(kChunk, count - start);
-    at::Tensor part = buffer.narrow(0, 0, length);
-    part.copy_(from.narrow(0, start, length));
-    to.narrow(0, start, length).copy_(part);
-  }
-}
-
 // The file's keys after prefix selection and renaming, mapped back to the original key.
 std::map<std::string, std::string> resolve_keys(const std::vector<std::string>& file_keys,
                                                 const LoadOptions& options) {
@@ -88,10 +69,7 @@ void load_checked(torch::nn::Module& module, const std::vector<std::string>& fil
   at::NoGradGuard no_grad;
   for (auto& [name, target] : targets) {
     const at::Tensor source = lookup.tensor(resolved.at(name));
-    const bool between_half_types = source.scalar_type() != target.scalar_type() &&
-                                    is_half_type(source.scalar_type()) && is_half_type(target.scalar_type());
-    if (between_half_types && target.is_cpu() && target.is_contiguous()) copy_through_float32(target, source);
-    else target.copy_(source);
+    target.copy_(source);
     lookup.release(source);
   }
 }

@@ -24,22 +24,25 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   if (!additive_mask.has_value() && at::GradMode::is_enabled() &&
       (q.requires_grad() || k.requires_grad() || v.requires_grad()))
     return recomputed_attention(q, k, v, scale, upcast_softmax);
-  // alpha applies the scale inside the GEMM exactly as diffusers' get_attention_scores does. It
-  // runs in place on zeros: LibTorch 1.13's out-of-place CPU baddbmm leaves its result uninitialised
-  // when beta is 0 and then still multiplies it by beta, so NaNs left in reused memory leak into the
-  // scores (0 * NaN); in place, the result is these zeros.
-  at::Tensor scores = at::zeros({q.size(0), q.size(1), k.size(1)}, q.options())
-                          .baddbmm_(q, k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
+  at::Tensor scores = attention_scores(q, k, scale);  // [BH, Lq, Lk]
   if (additive_mask.has_value())
     scores = (scores.view({batch, heads, q.size(1), k.size(1)}) + *additive_mask).view_as(scores);
-  const bool reduced = scores.scalar_type() == at::kHalf || scores.scalar_type() == at::kBFloat16;
-  at::Tensor probs = upcast_softmax && reduced
+  at::Tensor probs = upcast_softmax && is_reduced_float(scores.scalar_type())
                          ? scores.to(at::kFloat).softmax(-1).to(v.scalar_type())
                          : scores.softmax(-1);
   return at::bmm(probs, v);  // [BH, Lq, D]
 }
 
 }  // namespace
+
+at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k, double scale) {
+  // alpha applies the scale inside the GEMM exactly as diffusers' get_attention_scores does. It
+  // runs in place on zeros: LibTorch 1.13's out-of-place CPU baddbmm leaves its result uninitialised
+  // when beta is 0 and then still multiplies it by beta, so NaNs left in reused memory leak into the
+  // scores (0 * NaN); in place, the result is these zeros.
+  return at::zeros({q.size(0), q.size(1), k.size(1)}, q.options())
+      .baddbmm_(q, k.transpose(-1, -2), /*beta=*/0.0, /*alpha=*/scale);  // [BH, Lq, Lk]
+}
 
 void set_attention_score_budget(int64_t bytes) { score_budget_bytes = std::max<int64_t>(bytes, 1); }
 int64_t attention_score_budget() { return score_budget_bytes; }

@@ -38,7 +38,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& input, const c10::optional<a
   at::Tensor k = split_heads(to_k->forward(source), source_length);
   const at::Tensor v = split_heads(to_v->forward(source), source_length);
   const auto dtype = q.scalar_type();
-  const bool reduced = dtype == at::kHalf || dtype == at::kBFloat16;
+  const bool reduced = compat::is_reduced_float(dtype);
   if (options.upcast_attention && reduced) {
     q = q.to(at::kFloat);
     k = k.to(at::kFloat);

@@ -17,7 +17,7 @@ at::Tensor uninitialised(at::IntArrayRef shape) { return at::empty(shape, at::Te
 // (measured in docs/performance.md), so reduced-precision activations are normalised in float32
 // and rounded back once; the statistics are float32 either way.
 bool normalise_in_float32(const at::Tensor& x) {
-  return x.is_cpu() && (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf);
+  return x.is_cpu() && compat::is_reduced_float(x.scalar_type());
 }
 
 at::Tensor as_float32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloat) : t; }
@@ -29,7 +29,7 @@ at::Tensor as_float32(const at::Tensor& t) { return t.defined() ? t.to(at::kFloa
 // it): fresh float32 copies of every size would leave the allocator holding hundreds of MB.
 at::Tensor weight_for(const at::Tensor& weight, const at::Tensor& x, bool reuse_buffer = false) {
   if (!weight.defined() || x.scalar_type() != at::kFloat || weight.scalar_type() == at::kFloat) return weight;
-  if (weight.scalar_type() != at::kHalf && weight.scalar_type() != at::kBFloat16) return weight;
+  if (!compat::is_reduced_float(weight.scalar_type())) return weight;
   if (compat::autocast_active(x.device().type())) return weight;
   if (!reuse_buffer || !weight.is_cpu() || at::GradMode::is_enabled()) return weight.to(at::kFloat);
   thread_local at::Tensor buffer;

@@ -13,6 +13,7 @@
 #include "singleinsert/core/safetensors.h"
 #include "singleinsert/core/staged_directory.h"
 #include "singleinsert/core/state_dict.h"
+#include "singleinsert/core/torch_compat.h"
 #include "singleinsert/formats/ldm_checkpoint.h"
 
 namespace fs = std::filesystem;
@@ -80,7 +81,7 @@ at::ScalarType stored_dtype(const SafetensorsFile& file) {
 void allocate_for_loading(torch::nn::Module& module, const ExecutionOptions& execution, at::ScalarType dtype,
                           const ModelParts& parts, at::ScalarType file_dtype) {
   allocate_uninitialised(module, execution.device, dtype);
-  if (!parts.half_weights || dtype != at::kFloat || (file_dtype != at::kHalf && file_dtype != at::kBFloat16)) return;
+  if (!parts.half_weights || dtype != at::kFloat || !compat::is_reduced_float(file_dtype)) return;
   for (const auto& child : module.modules(/*include_self=*/false)) {
     if (auto* linear = dynamic_cast<LinearImpl*>(child.get())) {
       allocate_uninitialised(*linear, execution.device, file_dtype);

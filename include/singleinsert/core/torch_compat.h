@@ -21,6 +21,12 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tenso
                                         const c10::optional<at::Tensor>& additive_mask = c10::nullopt,
                                         bool upcast_softmax = true);
 
+// q k^T * scale for q [BH, Lq, D] and k [BH, Lk, D]: [BH, Lq, Lk], the written-out path's scores.
+at::Tensor attention_scores(const at::Tensor& q, const at::Tensor& k, double scale);
+
+// fp16 or bf16.
+inline bool is_reduced_float(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
+
 // On the written-out path the scores are computed a group of heads at a time so that one
 // group's score matrix stays within this many bytes (1 GiB by default), and a group of queries at
 // a time when a single head is over budget. Head groups change no bit of the result; query groups
