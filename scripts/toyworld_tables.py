@@ -13,9 +13,11 @@ import sys
 VARIANTS = [("s1-full", "I: full image"), ("s1-fg", "I: L_fg"), ("s1-fg-bg", "I: L_fg + L_bg"),
             ("s2-full", "II: full image"), ("s2-no-sm", "II: L_fg + L_bg"), ("s2-sm", "II: L_fg + L_bg + L_sm"),
             ("ti", "textual inversion"), ("ti-db", "textual inversion + DreamBooth-LoRA"),
-            ("ci", "Cross Initialization")]
+            ("ci", "Cross Initialization"), ("s2-attn", "II + face-wise attention loss"),
+            ("bi", "Beyond Inserting"), ("bi-attn", "Beyond Inserting: attention loss only"),
+            ("bi-kv", "Beyond Inserting: per-stage tokens only")]
 # Methods whose concept comes after another's: their wall time includes that one's.
-PARENTS = {"s2-sm": "s1-fg-bg", "s2-no-sm": "s1-fg-bg", "s2-full": "s1-full", "ti-db": "ti"}
+PARENTS = {"s2-sm": "s1-fg-bg", "s2-no-sm": "s1-fg-bg", "s2-full": "s1-full", "ti-db": "ti", "s2-attn": "s1-attn"}
 PARTS = ("whole", "named", "hidden")
 
 
@@ -116,7 +118,8 @@ def main():
 
     # Head to head, identity by identity: SingleInsert as shipped against every other method.
     by_identity = {key: {r["concept"].split(os.sep)[-2]: r for r in rows[key]} for key, _ in VARIANTS}
-    others = [(key, name) for key, name in VARIANTS if key in ("ti", "ti-db", "ci") and by_identity[key]]
+    others = [(key, name) for key, name in VARIANTS if key in ("ti", "ti-db", "ci", "s2-attn", "bi", "bi-attn", "bi-kv")
+              and by_identity[key]]
     if by_identity["s2-sm"] and others:
         print("\nHead to head, identity by identity: SingleInsert (II: L_fg + L_bg + L_sm) higher / equal / lower:\n")
         print("| against | identities | ESR | closeness | hidden part |")

@@ -296,6 +296,16 @@ TEST(BadInputs, EachIsOneClearLineAndLeavesNothingBehind) {
           "--half-weights is for --dtype fp32");
   refused("--resolution 4 for training", invert_args(preset, out, image_file(), mask_file(), {"--resolution", "4"}),
           "--resolution 4 is too small");
+  auto edit_args = [&](const std::string& image, std::vector<std::string> more) {
+    std::vector<std::string> args = {"edit", "--model", tiny_model(), "--image", image, "--prompt", "a red bear",
+                                     "--steps", "1", "--out", out};
+    args.insert(args.end(), more.begin(), more.end());
+    return args;
+  };
+  refused("edit --eta 1.5", edit_args(image_file(), {"--eta", "1.5"}), "--eta must be between 0 and 1");
+  refused("edit --resolution 33", edit_args(image_file(), {"--resolution", "33"}), "a positive multiple of 2");
+  refused("edit of an image that does not exist", edit_args(dir + "/absent.png", {}), "no such file");
+  refused("edit of an image whose header says 20000x20000 pixels", edit_args(dir + "/huge.png", {}), "20000x20000");
 
   warned("--resume where no run was started", invert_args(preset, dir + "/resume_ok", image_file(), mask_file(), {"--resume"}),
          "nothing to resume");

@@ -414,7 +414,7 @@ TEST(CliTraining, MethodBadInputsFailCleanly) {
   expect_clean_failure(run_cli(with(method_args("textual-inversion", ti, dir + "/c"), {"--fast"})),
                        "--fast is cross-init's fast version");
   expect_clean_failure(run_cli(with(method_args("textual-inversion", dir + "/db.json", dir + "/c"), {})),
-                       "a dreambooth-lora preset, not textual-inversion or cross-init");
+                       "a dreambooth-lora preset, not textual-inversion, cross-init or beyond-inserting");
   // A v-prediction model: these methods train the noise prediction, so it is refused.
   const fs::path v_model = fresh_temp_dir("v_model");
   fs::copy(testing::golden_path("sd_tiny"), v_model, fs::copy_options::recursive);
@@ -434,6 +434,109 @@ TEST(CliTraining, MethodBadInputsFailCleanly) {
   const CliResult word = run_cli(with(method_args("textual-inversion", ti, dir + "/word"), {"--trigger", "cat"}));
   EXPECT_EQ(word.exit_code, 0) << word.err;
   EXPECT_NE(word.err.find("the token 'cat' is also a word of the model's vocabulary"), std::string::npos) << word.err;
+}
+
+// Beyond Inserting's two parts, each switchable, their concept artifact, and the face-wise
+// attention loss as SingleInsert's extra term.
+TEST(CliTraining, BeyondInsertingMakesConceptsThatGenerateButDoNotExport) {
+  const std::string dir = fresh_temp_dir("beyond_inserting");
+  const std::string preset = method_preset(dir, "beyond-inserting", 2);
+  const CliResult trained = run_cli(method_args("beyond-inserting", preset, dir + "/bi"));
+  ASSERT_EQ(trained.exit_code, 0) << trained.err;
+  const auto json = nlohmann::json::parse(read_file(dir + "/bi/concept.json"));
+  EXPECT_EQ(json["method"], "beyond-inserting");
+  EXPECT_EQ(json["kv_tokens"]["stages"], 1);  // sd_tiny has one down block with cross-attention
+  EXPECT_EQ(json["training"]["attn_weight"], 0.003);
+  EXPECT_EQ(json["training"]["subject"], "<class> of {}");
+  EXPECT_TRUE(json["history"][0].contains("attn"));
+  const SafetensorsFile tokens = SafetensorsFile::open(dir + "/bi/kv_tokens.safetensors");
+  EXPECT_EQ(tokens.tensor("keys").sizes(), (std::vector<int64_t>{1, 32}));
+  EXPECT_EQ(tokens.tensor("values").sizes(), (std::vector<int64_t>{1, 32}));
+  EXPECT_EQ(embedding_of(dir + "/bi").sizes(), (std::vector<int64_t>{1, 32}));
+  const CliResult generated = run_cli({"generate", "--model", testing::golden_path("sd_tiny"), "--concept", dir + "/bi",
+                                       "--prompt", "a photo of *", "--steps", "2", "--out", dir + "/images"});
+  ASSERT_EQ(generated.exit_code, 0) << generated.err;
+  expect_clean_failure(run_cli({"export", "--concept", dir + "/bi", "--format", "a1111", "--out", dir + "/a1111"}),
+                       "per-stage key/value tokens");
+  EXPECT_FALSE(fs::exists(dir + "/a1111"));
+  expect_clean_failure(run_cli({"finetune", "--model", testing::golden_path("sd_tiny"), "--method", "dreambooth-lora",
+                                "--concept", dir + "/bi", "--out", dir + "/db"}),
+                       "per-stage tokens");
+
+  // The attention loss alone: one embedding, which exports; the tokens alone: no attention term.
+  ASSERT_EQ(run_cli(with(method_args("beyond-inserting", preset, dir + "/attn"), {"--no-kv-tokens"})).exit_code, 0);
+  EXPECT_FALSE(fs::exists(dir + "/attn/kv_tokens.safetensors"));
+  EXPECT_EQ(run_cli({"export", "--concept", dir + "/attn", "--format", "a1111", "--out", dir + "/a1111"}).exit_code, 0);
+  ASSERT_EQ(run_cli(with(method_args("beyond-inserting", preset, dir + "/kv"), {"--attn-weight", "0"})).exit_code, 0);
+  const auto kv = nlohmann::json::parse(read_file(dir + "/kv/concept.json"));
+  EXPECT_FALSE(kv["history"][0].contains("attn"));
+  EXPECT_TRUE(fs::exists(dir + "/kv/kv_tokens.safetensors"));
+
+  // SingleInsert with the attention loss as an extra term, recorded with the run.
+  const CliResult si = run_cli(with(invert_args(tiny_preset(dir), dir + "/si"), {"--attn-weight", "0.01"}));
+  ASSERT_EQ(si.exit_code, 0) << si.err;
+  const auto si_json = nlohmann::json::parse(read_file(dir + "/si/concept.json"));
+  EXPECT_EQ(si_json["training"]["attn_weight"], 0.01);
+  EXPECT_EQ(si_json["training"]["attn_reference"], "person");
+  EXPECT_TRUE(si_json["history"][0].contains("attn"));
+  EXPECT_GT(si_json["history"][0]["attn"].get<double>(), 0);
+
+  expect_clean_failure(run_cli(with(method_args("textual-inversion", method_preset(dir, "textual-inversion", 1),
+                                                dir + "/c"),
+                                    {"--attn-weight", "0.1"})),
+                       "--attn-weight is for singleinsert and beyond-inserting");
+  expect_clean_failure(run_cli(with(method_args("beyond-inserting", preset, dir + "/c"), {"--num-vectors", "2"})),
+                       "beyond-inserting learns one identity embedding");
+  expect_clean_failure(run_cli(with(invert_args(tiny_preset(dir), dir + "/c"), {"--attn-weight", "-1"})),
+                       "--attn-weight must not be negative");
+  expect_clean_failure(run_cli(with(invert_args(tiny_preset(dir), dir + "/c"), {"--no-kv-tokens"})),
+                       "--no-kv-tokens is not a SingleInsert setting");
+  EXPECT_NE(run_cli(with(invert_args(tiny_preset(dir), dir + "/c"), {"--attn-layers", "some"})).exit_code, 0);
+  EXPECT_FALSE(fs::exists(dir + "/c"));
+}
+
+TEST(CliTraining, BeyondInsertingResumesToTheSameResult) {
+  const std::string dir = fresh_temp_dir("bi_resume");
+  const std::string preset = method_preset(dir, "beyond-inserting", 12, /*checkpoint_every=*/0);
+  const CliResult reference = run_cli(method_args("beyond-inserting", preset, dir + "/reference"));
+  ASSERT_EQ(reference.exit_code, 0) << reference.err;
+  expect_clean_failure(
+      interrupted_after_two_steps(method_args("beyond-inserting", preset, dir + "/interrupted"), dir + "/log.jsonl"),
+      "interrupted at step");
+  const CliResult resumed =
+      run_cli({"invert", "--model", testing::golden_path("sd_tiny"), "--out", dir + "/interrupted", "--resume"});
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  expect_same_concepts(dir + "/interrupted", dir + "/reference");
+  // The token module's state came back with the checkpoint: the tokens are the uninterrupted run's.
+  const SafetensorsFile a = SafetensorsFile::open(dir + "/interrupted/kv_tokens.safetensors");
+  const SafetensorsFile b = SafetensorsFile::open(dir + "/reference/kv_tokens.safetensors");
+  EXPECT_TRUE(at::equal(a.tensor("keys"), b.tensor("keys")));
+  EXPECT_TRUE(at::equal(a.tensor("values"), b.tensor("values")));
+}
+
+TEST(CliTraining, EditWritesTheEditItsReconstructionAndTheirFigures) {
+  const std::string dir = fresh_temp_dir("edit");
+  const std::vector<std::string> edit = {"edit", "--model", testing::golden_path("sd_tiny"), "--image", image_file(),
+                                         "--prompt", "a photo of a red toy", "--steps", "3", "--inner-steps", "2",
+                                         "--resolution", "32"};
+  const CliResult done = run_cli(with(edit, {"--out", dir + "/out"}));
+  ASSERT_EQ(done.exit_code, 0) << done.err;
+  for (const char* file : {"edit.png", "reconstruction.png", "round_trip.png", "source.png", "edit.json"})
+    EXPECT_TRUE(fs::exists(dir + "/out/" + file)) << file;
+  EXPECT_EQ(read_image_rgb(dir + "/out/edit.png").pixels.sizes(), (std::vector<int64_t>{32, 32, 3}));
+  const auto record = nlohmann::json::parse(read_file(dir + "/out/edit.json"));
+  EXPECT_EQ(record["method"], "prompt-tuning-inversion");
+  EXPECT_EQ(record["eta"], 0.8);
+  EXPECT_EQ(record["step_losses"].size(), 3u);
+  EXPECT_GT(record["psnr_vae_round_trip_db"].get<double>(), 0);
+  EXPECT_NE(done.err.find("edit: reconstruction"), std::string::npos) << done.err;
+  EXPECT_EQ(done.out, dir + "/out/edit.png\n");
+  expect_clean_failure(run_cli(with(edit, {"--eta", "1.5", "--out", dir + "/bad"})), "--eta must be between 0 and 1");
+  std::vector<std::string> odd = edit;
+  odd[odd.size() - 1] = "33";  // --resolution 33
+  expect_clean_failure(run_cli(with(odd, {"--out", dir + "/bad"})), "--resolution must be");
+  expect_clean_failure(run_cli(with(edit, {"--out", dir + "/out"})), "already exists");
+  EXPECT_FALSE(fs::exists(dir + "/bad"));
 }
 
 }  // namespace

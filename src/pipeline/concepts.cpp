@@ -9,6 +9,7 @@
 #include <stdexcept>
 
 #include "singleinsert/core/error.h"
+#include "singleinsert/models/cross_attention.h"
 #include "singleinsert/core/sha256.h"
 #include "singleinsert/formats/embeddings.h"
 #include "singleinsert/formats/lora_layouts.h"
@@ -63,6 +64,13 @@ AppliedConcepts apply_concepts(ModelBundle& bundle, const std::vector<ConceptReq
                               model_hash.substr(0, 12)));
     // A concept's own trigger was chosen (and warned about) when it was trained.
     insert_embedding(bundle, trigger, concept.embedding, request.path, /*warn_on_collision=*/!request.trigger.empty());
+    if (concept.kv_keys.defined()) {
+      const int stages = cross_attention_stage_count(bundle.unet->config());
+      if (concept.kv_keys.size(0) != stages)
+        throw Error(fmt::format("{}: per-stage tokens for {} UNet stages, but this UNet has {}", request.path,
+                                concept.kv_keys.size(0), stages));
+      bundle.stage_tokens.push_back({bundle.tokenizer.token_id(trigger), concept.kv_keys, concept.kv_values});
+    }
     if (!concept.lora.empty()) {
       auto network = LoraNetwork::from_weights(request.path, concept.lora,
                                                singleinsert_lora_targets(*bundle.unet, *bundle.text_encoder),

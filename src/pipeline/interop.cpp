@@ -102,6 +102,12 @@ std::vector<std::string> export_concept(const std::string& concept_dir, ExportFo
   const Concept concept = Concept::load(concept_dir);
   if (bundle_embedding && format != ExportFormat::kKohya)
     throw Error("--bundle-embedding is for --format kohya (the other layouts keep the embedding in its own file)");
+  // No other tool reads per-stage key/value tokens: a single embedding would silently be another concept.
+  if (concept.kv_keys.defined())
+    throw Error(fmt::format("{}: holds Beyond Inserting's per-stage key/value tokens, which no other tool's format "
+                            "(A1111 or diffusers embeddings, kohya) can carry; use it with singleinsert generate, or "
+                            "train it with --no-kv-tokens to export a single embedding",
+                            concept_dir));
   if (format == ExportFormat::kKohya && concept.stage != 2)
     throw Error(fmt::format("{}: a stage I concept has no LoRA, and the kohya format is a LoRA file (run finetune "
                             "first, or export --format a1111 for the embedding alone)",

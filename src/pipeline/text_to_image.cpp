@@ -4,13 +4,16 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <optional>
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/tensor_format.h"
+#include "singleinsert/models/cross_attention.h"
 #include "singleinsert/pipeline/prompt_encoding.h"
 #include "singleinsert/sampling/noise_schedule.h"
 #include "singleinsert/sampling/sampler.h"
+#include "singleinsert/training/kv_tokens.h"
 
 namespace singleinsert {
 namespace {
@@ -29,6 +32,22 @@ std::vector<std::string> per_prompt_negatives(const GenerateOptions& options) {
 // Repeats each row `times` times in place: [a, b] -> [a, a, b, b] (diffusers' repeat + view).
 at::Tensor repeat_rows(const at::Tensor& x, int64_t times) {
   return times == 1 ? x : x.repeat_interleave(times, 0);
+}
+
+// Text states [rows, 77, D] with every per-stage concept's token standing for its stage-s key
+// (or value) token, laid out as `context` is.
+at::Tensor stage_states(ModelBundle& bundle, const GenerateOptions& options, const std::vector<std::string>& negatives,
+                        bool guided, int64_t stage, bool key) {
+  auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
+  std::vector<at::Tensor> saved;
+  for (const auto& tokens : bundle.stage_tokens) {
+    saved.push_back(table[tokens.token_id].clone());
+    table[tokens.token_id].copy_((key ? tokens.keys : tokens.values)[stage]);
+  }
+  at::Tensor states = repeat_rows(encode_prompts(bundle, options.prompts), options.images_per_prompt);
+  if (guided) states = at::cat({repeat_rows(encode_prompts(bundle, negatives), options.images_per_prompt), states});
+  for (size_t i = 0; i < saved.size(); ++i) table[bundle.stage_tokens[i].token_id].copy_(saved[i]);
+  return states;
 }
 
 }  // namespace
@@ -87,7 +106,19 @@ GeneratedImages generate(ModelBundle& bundle, const GenerateOptions& options, co
   // [uncond x count; cond x count] (diffusers' order), each prompt repeated per image.
   at::Tensor context = repeat_rows(encode_prompts(bundle, options.prompts), options.images_per_prompt);
   if (guided) context = at::cat({repeat_rows(encode_prompts(bundle, negatives), options.images_per_prompt), context});
+  // Beyond Inserting's per-stage tokens: each stage's cross-attention reads its own key and value states.
+  std::optional<PerStageKeyValues> per_stage;
+  if (!bundle.stage_tokens.empty()) {
+    std::vector<at::Tensor> keys, values;
+    for (int64_t s = 0; s < bundle.stage_tokens.front().keys.size(0); ++s) {
+      keys.push_back(stage_states(bundle, options, negatives, guided, s, true));
+      values.push_back(stage_states(bundle, options, negatives, guided, s, false));
+    }
+    per_stage.emplace(*bundle.unet, std::move(keys), std::move(values));
+  }
   if (options.release_models) bundle.release_text_encoder();
+  std::optional<AttentionHookGuard> hooked;
+  if (per_stage) hooked.emplace(*bundle.unet, *per_stage);
 
   if (trace) trace->context = context;
   auto sampler = make_sampler(options.sampler, bundle.scheduler_config);
@@ -128,6 +159,7 @@ GeneratedImages generate(ModelBundle& bundle, const GenerateOptions& options, co
     if (progress) progress({"denoise", i + 1, total, seconds_since(start), {}});
   }
 
+  hooked.reset();
   if (options.release_models) bundle.release_unet();
   GeneratedImages out;
   // The norms' dtype is the VAE's compute dtype (half-precision stored weights are upcast).

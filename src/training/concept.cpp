@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "singleinsert/core/error.h"
+#include "singleinsert/core/tensor_format.h"
 #include "singleinsert/core/files.h"
 #include "singleinsert/core/json_int.h"
 #include "singleinsert/formats/lora_layouts.h"
@@ -112,6 +113,7 @@ std::string concept_json(const ConceptRecord& record) {
       {"device", record.device},
       {"created_by", "singleinsert"}};
   if (!record.init_json.empty()) json["init"] = nlohmann::json::parse(record.init_json);
+  if (record.kv_stages > 0) json["kv_tokens"] = {{"file", "kv_tokens.safetensors"}, {"stages", record.kv_stages}};
   if (record.lora)
     json["lora"] = {{"file", "lora.safetensors"},
                     {"layout", "diffusers-processor"},
@@ -155,6 +157,20 @@ Concept Concept::load(const std::string& path) {
   if (embeddings.size() != 1) throw Error(fmt::format("{}: embedding.safetensors must hold one tensor", path));
   concept.embedding = embeddings.begin()->second.to(at::kFloat);
   if (concept.embedding.dim() == 1) concept.embedding = concept.embedding.unsqueeze(0);
+  const fs::path kv_file = dir / "kv_tokens.safetensors";
+  if (fs::exists(kv_file)) {
+    const auto tokens = tensors_of(kv_file.string());
+    const auto keys = tokens.find("keys"), values = tokens.find("values");
+    if (tokens.size() != 2 || keys == tokens.end() || values == tokens.end())
+      throw Error(fmt::format("{}: kv_tokens.safetensors must hold 'keys' and 'values'", path));
+    concept.kv_keys = keys->second.to(at::kFloat);
+    concept.kv_values = values->second.to(at::kFloat);
+    if (concept.kv_keys.dim() != 2 || !concept.kv_keys.sizes().equals(concept.kv_values.sizes()) ||
+        concept.kv_keys.size(1) != concept.embedding.size(1) || concept.embedding.size(0) != 1)
+      throw Error(fmt::format("{}: kv_tokens.safetensors holds keys {} and values {} for an embedding {}", path,
+                              shape_string(concept.kv_keys.sizes()), shape_string(concept.kv_values.sizes()),
+                              shape_string(concept.embedding.sizes())));
+  }
   if (concept.stage == 2) {
     const fs::path lora_file = dir / "lora.safetensors";
     if (!fs::exists(lora_file)) throw Error(fmt::format("{}: a stage II concept without lora.safetensors", path));
@@ -261,6 +277,14 @@ void ConceptBuilder::write_lora(const LoraWeightMap& lora, int64_t rank, double 
 
 void ConceptBuilder::write_encoder(const NamedTensors& encoder) {
   save_safetensors(staged("encoder.safetensors"), encoder, {{"format", "pt"}});
+}
+
+void ConceptBuilder::write_kv_tokens(const at::Tensor& tokens) {
+  const at::Tensor rows = tokens.detach().cpu().to(at::kFloat);
+  const int64_t stages = rows.size(0) / 2;
+  save_safetensors(staged("kv_tokens.safetensors"),
+                   {{"keys", rows.narrow(0, 0, stages).contiguous()}, {"values", rows.narrow(0, stages, stages).contiguous()}},
+                   {{"format", "pt"}, {"stages", std::to_string(stages)}});
 }
 
 void ConceptBuilder::write_json(const std::string& json) { write_file_atomic(staged("concept.json"), json); }

@@ -2,6 +2,10 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
+#include "singleinsert/models/cross_attention.h"
+
 namespace singleinsert {
 namespace {
 
@@ -44,10 +48,13 @@ LossOutputs singleinsert_losses(UNet2DConditionModelImpl& unet, ClipTextModelImp
 
   // "* class" and "class" in one UNet call.
   const at::Tensor dtype_like = unet.conv_in->weight;
+  std::optional<AttentionHookGuard> hooked;
+  if (settings.star_hook) hooked.emplace(unet, *settings.star_hook);
   const at::Tensor eps = unet.forward(at::cat({out.x_t, out.x_t}).to(dtype_like.scalar_type()),
                                       at::cat({in.timesteps, in.timesteps}),
                                       at::cat({rows(out.enc_star), rows(out.enc_cls)}).to(dtype_like.scalar_type()))
                              .to(at::kFloat);
+  hooked.reset();
   const auto halves = eps.chunk(2);
   out.eps_star = halves[0];
   out.eps_cls = halves[1];

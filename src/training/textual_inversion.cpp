@@ -13,6 +13,7 @@
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/tensor_format.h"
 #include "singleinsert/core/torch_compat.h"
+#include "singleinsert/training/attention_loss.h"
 #include "singleinsert/training/losses.h"
 #include "singleinsert/training/presets.h"
 
@@ -21,10 +22,12 @@ namespace singleinsert {
 void EmbeddingInversionConfig::apply_json(const std::string& text, const std::string& origin) {
   const JsonConfig json = JsonConfig::parse(text, origin);
   method = json.get_string("method", method);
-  if (method != "textual-inversion" && method != "cross-init")
-    throw Error(fmt::format("{}: a {} preset, not textual-inversion or cross-init", origin, method));
+  if (method != "textual-inversion" && method != "cross-init" && method != "beyond-inserting")
+    throw Error(fmt::format("{}: a {} preset, not textual-inversion, cross-init or beyond-inserting", origin, method));
   std::vector<std::string> known = {"description", "method", "resolution", "steps", "batch", "learning_rate",
                                      "scale_lr", "num_vectors", "flip_p", "templates", "subject", "reg_weight"};
+  if (method == "beyond-inserting")
+    known.insert(known.end(), {"attn_weight", "attn_layers", "attn_reference", "kv_tokens"});
   known.insert(known.end(), StepSettings::keys().begin(), StepSettings::keys().end());
   json.require_known_keys(known);
   resolution = json.get_int("resolution", resolution);
@@ -37,6 +40,10 @@ void EmbeddingInversionConfig::apply_json(const std::string& text, const std::st
   templates = json.get_string("templates", templates);
   subject = json.get_string("subject", subject);
   reg_weight = json.get_double("reg_weight", reg_weight);
+  attn_weight = json.get_double("attn_weight", attn_weight);
+  attn_layers = json.get_string("attn_layers", attn_layers);
+  attn_reference = json.get_string("attn_reference", attn_reference);
+  kv_tokens = json.get_bool("kv_tokens", kv_tokens);
   step.read(json);
 }
 
@@ -47,13 +54,26 @@ std::string EmbeddingInversionConfig::to_json() const {
                          {"num_vectors", num_vectors}, {"flip_p", flip_p},
                          {"templates", templates},     {"subject", subject},
                          {"reg_weight", reg_weight}};
+  if (method == "beyond-inserting") {
+    json["attn_weight"] = attn_weight;
+    json["attn_layers"] = attn_layers;
+    json["attn_reference"] = attn_reference;
+    json["kv_tokens"] = kv_tokens;
+  }
   step.write(json);
   return json.dump(2);
 }
 
 void EmbeddingInversionConfig::validate() const {
-  if (method != "textual-inversion" && method != "cross-init")
-    throw Error(fmt::format("unknown method '{}' (textual-inversion or cross-init)", method));
+  if (method != "textual-inversion" && method != "cross-init" && method != "beyond-inserting")
+    throw Error(fmt::format("unknown method '{}' (textual-inversion, cross-init or beyond-inserting)", method));
+  if (method == "beyond-inserting") {
+    if (num_vectors != 1) throw Error("beyond-inserting learns one identity embedding: num_vectors must be 1");
+    if (!(attn_weight >= 0)) throw Error("attn_weight must not be negative");
+    validate_attention_layers(attn_layers);
+    if (attn_reference.find_first_of(" \t") != std::string::npos)
+      throw Error(fmt::format("attn_reference '{}' must be one word (or empty)", attn_reference));
+  }
   if (steps < 0 || batch < 1 || !(learning_rate > 0))
     throw Error(fmt::format("steps {} must be >= 0, batch {} >= 1 and the learning rate {} > 0", steps, batch,
                             learning_rate));
@@ -126,8 +146,18 @@ const std::vector<std::string>& inversion_templates(const std::string& name) {
   throw Error(fmt::format("unknown prompt templates '{}' (object, cross-init or world)", name));
 }
 
-std::vector<std::string> inversion_prompts(const EmbeddingInversionConfig& config, const std::string& tokens) {
-  const std::string subject = fmt::format(fmt::runtime(config.subject), tokens);
+std::vector<std::string> inversion_prompts(const EmbeddingInversionConfig& config, const std::string& tokens,
+                                           const std::string& class_word) {
+  std::string subject = fmt::format(fmt::runtime(config.subject), tokens);
+  for (size_t at = subject.find("<class>"); at != std::string::npos; at = subject.find("<class>", at)) {
+    if (class_word.empty()) throw Error(fmt::format("subject '{}' names <class> but no class word was given", config.subject));
+    subject.replace(at, 7, class_word);
+    at += class_word.size();
+  }
+  // Two spaces where "{}" held an empty word (the reference prompt with no reference word).
+  for (size_t at = subject.find("  "); at != std::string::npos; at = subject.find("  ")) subject.erase(at, 1);
+  while (!subject.empty() && subject.front() == ' ') subject.erase(0, 1);
+  while (!subject.empty() && subject.back() == ' ') subject.pop_back();
   std::vector<std::string> prompts;
   for (const auto& text : inversion_templates(config.templates)) prompts.push_back(fmt::format(fmt::runtime(text), subject));
   return prompts;
@@ -173,7 +203,7 @@ EmbeddingInversion::EmbeddingInversion(BaseModel base, const EmbeddingInversionC
   posterior_std_ = posterior.std.to(at::kFloat);
 }
 
-LossTerms EmbeddingInversion::loss(int, at::Generator& generator) {
+EmbeddingInversion::Draw EmbeddingInversion::draw(at::Generator& generator) const {
   const auto device = base_.device;
   const int64_t batch = config_.batch;
   // Each row: a template and whether the image is mirrored, then the reference's draws.
@@ -188,12 +218,16 @@ LossTerms EmbeddingInversion::loss(int, at::Generator& generator) {
   const float scaling = static_cast<float>(base_.vae->config().scaling_factor);
   const at::Tensor z0 =
       (posterior_mean_.index_select(0, mirrored) + posterior_std_.index_select(0, mirrored) * vae_noise) * scaling;
+  return {choice, z0, noise, timesteps};
+}
 
+LossTerms EmbeddingInversion::loss(int, at::Generator& generator) {
+  const Draw d = draw(generator);
   std::optional<compat::AutocastGuard> mixed_precision;
-  if (base_.dtype != at::kFloat) mixed_precision.emplace(device.type(), base_.dtype);
+  if (base_.dtype != at::kFloat) mixed_precision.emplace(base_.device.type(), base_.dtype);
   const at::Tensor states =
-      encode_with_vectors(*base_.text_encoder, template_ids_.index_select(0, choice), first_id_, vectors_);
-  const at::Tensor noise_loss = noise_prediction_loss(*base_.unet, schedule_, z0, noise, timesteps, states);
+      encode_with_vectors(*base_.text_encoder, template_ids_.index_select(0, d.choice), first_id_, vectors_);
+  const at::Tensor noise_loss = noise_prediction_loss(*base_.unet, schedule_, d.z0, d.noise, d.timesteps, states);
   if (config_.reg_weight == 0) return {noise_loss, {{"noise", noise_loss}}};
   const at::Tensor reg = distance_to_start(vectors_, start_);
   return {noise_loss + reg * config_.reg_weight, {{"noise", noise_loss}, {"reg", reg}}};

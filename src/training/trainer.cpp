@@ -6,7 +6,9 @@
 
 #include "singleinsert/core/random.h"
 #include "singleinsert/core/state_dict.h"
+#include "singleinsert/core/error.h"
 #include "singleinsert/core/torch_compat.h"
+#include "singleinsert/training/attention_loss.h"
 #include "singleinsert/training/losses.h"
 
 namespace singleinsert {
@@ -55,11 +57,23 @@ class SingleInsertTrainer::Stage : public TrainingMethod {
     settings.bg_weight = t_.config_.bg_weight;
     settings.sm_weight = t_.config_.sm_weight;
     settings.sm_reference = t_.config_.sm_reference;
+    std::optional<AttentionLossHook> attention;
+    if (t_.config_.attn_weight > 0) {
+      if (!t_.reference_states_.defined()) throw Error("--attn-weight needs the reference prompt (set_attention_reference)");
+      const auto positions = at::TensorOptions().dtype(at::kLong).device(device);
+      attention.emplace(attention_loss_layers(*t_.base_.unet, t_.config_.attn_layers),
+                        t_.reference_states_.expand({batch, -1, -1}), at::full({batch}, 1, positions),
+                        at::full({batch}, t_.class_position_, positions));
+      settings.star_hook = &*attention;
+    }
     std::optional<compat::AutocastGuard> mixed_precision;
     if (t_.base_.dtype != at::kFloat) mixed_precision.emplace(device.type(), t_.base_.dtype);
     const LossOutputs losses = singleinsert_losses(*t_.base_.unet, *t_.base_.text_encoder, t_.schedule_,
                                                    t_.lora_.get(), inputs, settings);
-    return {losses.total, {{"fg", losses.fg}, {"bg", losses.bg}, {"sm", losses.sm}}};
+    if (!attention) return {losses.total, {{"fg", losses.fg}, {"bg", losses.bg}, {"sm", losses.sm}}};
+    const at::Tensor attn = attention->loss();
+    return {losses.total + attn * t_.config_.attn_weight,
+            {{"fg", losses.fg}, {"bg", losses.bg}, {"sm", losses.sm}, {"attn", attn}}};
   }
 
   void save_state(TrainingState& state) const override {
@@ -72,7 +86,9 @@ class SingleInsertTrainer::Stage : public TrainingMethod {
                     "checkpoint encoder");
   }
 
-  std::vector<std::string> progress_terms() const override { return {"fg", "bg"}; }
+  std::vector<std::string> progress_terms() const override {
+    return t_.config_.attn_weight > 0 ? std::vector<std::string>{"fg", "bg", "attn"} : std::vector<std::string>{"fg", "bg"};
+  }
 
  private:
   SingleInsertTrainer& t_;
@@ -98,6 +114,13 @@ SingleInsertTrainer::SingleInsertTrainer(BaseModel base, ClipVisionModel encoder
 }
 
 SingleInsertTrainer::~SingleInsertTrainer() = default;
+
+void SingleInsertTrainer::set_attention_reference(const at::Tensor& reference_ids, int64_t class_position) {
+  at::NoGradGuard no_grad;
+  LoraDisabled frozen(lora_.get());
+  reference_states_ = base_.text_encoder->forward(reference_ids.to(base_.device)).last_hidden_state.to(at::kFloat);
+  class_position_ = class_position;
+}
 
 void SingleInsertTrainer::run_stage(int stage, const TrainingCallbacks& callbacks, const TrainingState* resume,
                                     const LoraWeightMap* initial_lora) {

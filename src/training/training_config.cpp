@@ -7,6 +7,7 @@
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/files.h"
+#include "singleinsert/training/attention_loss.h"
 #include "singleinsert/training/presets.h"
 
 namespace singleinsert {
@@ -62,7 +63,7 @@ void TrainingConfig::apply_json(const std::string& text, const std::string& orig
   static const char* known[] = {"description", "method", "resolution", "stage1", "stage2", "bg_weight", "sm_weight",
                                 "sm_reference", "lora_rank", "lora_alpha", "beta1", "beta2", "adam_eps",
                                 "weight_decay", "max_grad_norm", "seed", "checkpoint_every", "encoder",
-                                "encoder_normalization"};
+                                "encoder_normalization", "attn_weight", "attn_layers", "attn_reference"};
   for (const auto& [key, value] : json.items())
     if (std::find(std::begin(known), std::end(known), key) == std::end(known))
       throw Error(fmt::format("{}: unknown training setting '{}'", origin, key));
@@ -82,6 +83,9 @@ void TrainingConfig::apply_json(const std::string& text, const std::string& orig
   read(json, "seed", seed, origin);
   read(json, "checkpoint_every", checkpoint_every, origin);
   read(json, "encoder_normalization", encoder_normalization, origin);
+  read(json, "attn_weight", attn_weight, origin);
+  read(json, "attn_layers", attn_layers, origin);
+  read(json, "attn_reference", attn_reference, origin);
   if (json.contains("encoder")) {
     const auto& e = json["encoder"];
     read(e, "image_size", encoder.image_size, origin);
@@ -95,7 +99,7 @@ void TrainingConfig::apply_json(const std::string& text, const std::string& orig
 
 std::string TrainingConfig::to_json() const {
   auto stage = [](const StageConfig& s) { return nlohmann::json{{"steps", s.steps}, {"batch", s.batch}, {"lr", s.lr}}; };
-  const nlohmann::json json = {
+  nlohmann::json json = {
       {"resolution", resolution},      {"stage1", stage(stage1)},        {"stage2", stage(stage2)},
       {"bg_weight", bg_weight},        {"sm_weight", sm_weight},         {"sm_reference", sm_reference_name(sm_reference)},
       {"lora_rank", lora_rank},        {"lora_alpha", lora_alpha},       {"beta1", beta1},
@@ -109,6 +113,11 @@ std::string TrainingConfig::to_json() const {
         {"intermediate_size", encoder.encoder.intermediate_size},
         {"num_hidden_layers", encoder.encoder.num_hidden_layers},
         {"num_attention_heads", encoder.encoder.num_attention_heads}}}};
+  if (attn_weight > 0) {  // written only when on, so runs without it record what they always did
+    json["attn_weight"] = attn_weight;
+    json["attn_layers"] = attn_layers;
+    json["attn_reference"] = attn_reference;
+  }
   return json.dump(2);
 }
 
@@ -123,6 +132,10 @@ void TrainingConfig::validate() const {
   if (checkpoint_every < 0) throw Error("--checkpoint-every must not be negative");
   if (encoder_normalization != "half" && encoder_normalization != "clip")
     throw Error(fmt::format("encoder_normalization '{}' is not half or clip", encoder_normalization));
+  if (!(attn_weight >= 0)) throw Error("--attn-weight must not be negative");
+  validate_attention_layers(attn_layers);
+  if (attn_reference.find_first_of(" \t") != std::string::npos)
+    throw Error(fmt::format("attn_reference '{}' must be one word (or empty)", attn_reference));
   encoder.validate();
 }
 

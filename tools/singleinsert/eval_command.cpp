@@ -431,6 +431,7 @@ void add_eval_command(CLI::App& app) {
   add_concept(*eval);
   add_compose(*eval);
   add_eval_images_command(*eval);
+  add_eval_edits_command(*eval);
   add_eval_judge_commands(*eval);
 }
 

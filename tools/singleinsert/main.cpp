@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
   singleinsert::cli::add_invert_command(app);
   singleinsert::cli::add_finetune_command(app);
   singleinsert::cli::add_generate_command(app);
+  singleinsert::cli::add_edit_command(app);
   singleinsert::cli::add_tokenize_command(app);
   singleinsert::cli::add_create_default_model_command(app);
   singleinsert::cli::add_export_command(app);

@@ -30,6 +30,7 @@
 #include "singleinsert/training/cross_init.h"
 #include "singleinsert/training/dreambooth_lora.h"
 #include "singleinsert/training/image_preprocess.h"
+#include "singleinsert/training/beyond_inserting.h"
 #include "singleinsert/training/textual_inversion.h"
 #include "singleinsert/training/trainer.h"
 
@@ -48,8 +49,9 @@ struct TrainArgs {
   bool overwrite = false, resume = false, preview = false;
   // Overrides (applied only when given).
   int steps = 0, batch = 0, resolution = 0, checkpoint_every = 0, lora_rank = 0;
-  double lr = 0, bg_weight = 0, sm_weight = 0;
+  double lr = 0, bg_weight = 0, sm_weight = 0, attn_weight = 0;
   uint64_t seed = 0;
+  std::string attn_layers, attn_reference;
   std::string sm_reference;
   CLI::App* command = nullptr;
   bool given(const std::string& flag) const { return command->count(flag) > 0; }
@@ -61,7 +63,7 @@ struct InvertArgs : TrainArgs {
   std::string method = "singleinsert", init_word, init_names, init_words;
   int num_vectors = 0;
   double reg_weight = 0;
-  bool fast = false;
+  bool fast = false, no_kv_tokens = false;
 };
 
 struct FinetuneArgs : TrainArgs {
@@ -82,6 +84,14 @@ void add_common_flags(CLI::App* command, TrainArgs& args, int stage) {
   command->add_option("--batch", args.batch, "Batch size");
   command->add_option("--lr", args.lr, "Learning rate (AdamW)");
   command->add_option("--bg-weight", args.bg_weight, "Weight gamma of the background loss");
+  command->add_option("--attn-weight", args.attn_weight,
+                      "Weight of Beyond Inserting's face-wise attention loss (singleinsert: 0, off; beyond-inserting: "
+                      "0.003)");
+  command->add_option("--attn-layers", args.attn_layers,
+                      "The attention loss's layers: bottom (the lowest-resolution stage) or all")
+      ->check(CLI::IsMember({"bottom", "all"}));
+  command->add_option("--attn-reference", args.attn_reference,
+                      "The attention loss's reference word in the trigger's place (default: person)");
   command->add_option("--seed", args.seed, "Seed of every random draw");
   command->add_option("--checkpoint-every", args.checkpoint_every, "Save a resumable checkpoint every N steps");
   command->add_flag("--resume", args.resume, "Continue an interrupted run from its last checkpoint");
@@ -101,6 +111,9 @@ void apply_overrides(const TrainArgs& args, int stage, TrainingConfig& config) {
   if (args.given("--batch")) s.batch = args.batch;
   if (args.given("--lr")) s.lr = args.lr;
   if (args.given("--bg-weight")) config.bg_weight = args.bg_weight;
+  if (args.given("--attn-weight")) config.attn_weight = args.attn_weight;
+  if (args.given("--attn-layers")) config.attn_layers = args.attn_layers;
+  if (args.given("--attn-reference")) config.attn_reference = args.attn_reference;
   if (args.given("--seed")) config.seed = args.seed;
   if (args.given("--checkpoint-every")) config.checkpoint_every = args.checkpoint_every;
   if (args.command->get_option_no_throw("--resolution") && args.given("--resolution")) config.resolution = args.resolution;
@@ -332,6 +345,20 @@ std::pair<std::vector<StepRecord>, double> run_method(
 }
 
 // Trains one stage into the builder's staging folder and completes the concept.
+// The class word's first token, for the attention loss.
+int64_t class_token(const ModelBundle& bundle, const std::string& class_word) {
+  const std::vector<int64_t> ids = bundle.tokenizer.encode(class_word);
+  if (ids.empty()) throw Error(fmt::format("the class word '{}' tokenizes to nothing", class_word));
+  return ids.front();
+}
+
+// Where `token` first occurs in the id row [L] after BOS.
+int64_t first_position(const at::Tensor& ids, int64_t token) {
+  const at::Tensor found = (ids.narrow(0, 1, ids.size(0) - 1) == token).nonzero();
+  if (found.numel() == 0) throw Error("the attention loss's reference prompt does not hold the class word");
+  return found[0][0].item<int64_t>() + 1;
+}
+
 void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const TrainArgs& args,
                      const std::optional<TrainingState>& checkpoint, double earlier_seconds) {
   ModelBundle& bundle = *r.bundle;
@@ -342,6 +369,11 @@ void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const Trai
   if (trigger_ids[0][1].item<int64_t>() != trigger_id) throw Error("the trigger is not the first token of its prompt");
 
   SingleInsertTrainer trainer(base_model(bundle), r.encoder, r.config, r.source, trigger_ids, class_ids);
+  if (r.config.attn_weight > 0) {
+    const std::string subject = r.config.attn_reference.empty() ? "" : r.config.attn_reference + " ";
+    const at::Tensor reference_ids = tokenize_prompts(bundle.tokenizer, {subject + r.run.class_word});
+    trainer.set_attention_reference(reference_ids, first_position(reference_ids[0], class_token(bundle, r.run.class_word)));
+  }
   TrainingState resume_state;
   if (checkpoint) {
     resume_state = *checkpoint;
@@ -480,13 +512,22 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
     if (args.given("--resolution")) config.resolution = args.resolution;
     if (args.given("--num-vectors")) config.num_vectors = args.num_vectors;
     if (args.given("--reg-weight")) config.reg_weight = args.reg_weight;
+    if (args.method == "beyond-inserting") {
+      if (args.given("--attn-weight")) config.attn_weight = args.attn_weight;
+      if (args.given("--attn-layers")) config.attn_layers = args.attn_layers;
+      if (args.given("--attn-reference")) config.attn_reference = args.attn_reference;
+      if (args.no_kv_tokens) config.kv_tokens = false;
+    } else {
+      for (const char* flag : {"--attn-weight", "--attn-layers", "--attn-reference", "--no-kv-tokens"})
+        if (args.given(flag)) throw Error(fmt::format("{} is for singleinsert and beyond-inserting, not {}", flag, args.method));
+    }
     for (const char* flag : {"--bg-weight", "--encoder-weights"})
       if (args.given(flag)) throw Error(fmt::format("{} is a SingleInsert setting; {} does not use it", flag, args.method));
     if (args.fast && args.method != "cross-init") throw Error("--fast is cross-init's fast version");
     config.validate();
-    if (args.method == "textual-inversion") {
+    if (args.method != "cross-init") {
       if (!args.init_names.empty() || !args.init_words.empty())
-        throw Error("--init-names and --init-words are cross-init's; textual inversion starts from --init-word");
+        throw Error(fmt::format("--init-names and --init-words are cross-init's; {} starts from --init-word", args.method));
       init = {{"word", args.init_word.empty() ? args.class_word : args.init_word}};
     } else {
       if (!args.init_word.empty()) throw Error("--init-word is textual inversion's; cross-init starts from --init-names");
@@ -514,7 +555,7 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
   auto& text_encoder = *bundle->text_encoder;
   // The start, from the model's own words (before the trigger's tokens exist).
   at::Tensor start;
-  if (config.method == "textual-inversion") {
+  if (config.method != "cross-init") {
     const std::string word = init.at("word");
     const std::vector<int64_t> ids = bundle->tokenizer.encode(word);
     if (ids.size() != 1)
@@ -555,7 +596,7 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
       to_signed_unit_tensor(pil_resize(square, config.resolution, config.resolution, PilFilter::kBicubic));
   std::string placeholder = tokens[0];
   for (int k = 1; k < config.num_vectors; ++k) placeholder += " " + tokens[k];
-  const std::vector<std::string> prompts = inversion_prompts(config, placeholder);
+  const std::vector<std::string> prompts = inversion_prompts(config, placeholder, args.class_word);
   for (const auto& prompt : prompts)
     if (!bundle->tokenizer.tokenize(prompt).truncated_text.empty())
       throw Error(fmt::format("--num-vectors {}: the prompt \"{}\" would be cut (CLIP reads {} tokens); use fewer "
@@ -573,15 +614,36 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
   run_json["init"] = init;
   run_json["crop"] = crop;
 
-  EmbeddingInversion method(base_model(*bundle), config, pixels, template_ids, first_id, start);
+  std::unique_ptr<EmbeddingInversion> method;
+  if (config.method == "beyond-inserting") {
+    AttentionLossPrompts attention;
+    if (config.attn_weight > 0) {
+      attention.reference_ids =
+          tokenize_prompts(bundle->tokenizer, inversion_prompts(config, config.attn_reference, args.class_word));
+      const int64_t class_id = bundle->tokenizer.encode(args.class_word).front();
+      std::vector<int64_t> identity, classes;
+      for (int64_t t = 0; t < template_ids.size(0); ++t) {
+        identity.push_back(first_position(template_ids[t], first_id));
+        classes.push_back(first_position(attention.reference_ids[t], class_id));
+      }
+      attention.identity_positions = at::tensor(identity, at::kLong);
+      attention.class_positions = at::tensor(classes, at::kLong);
+    }
+    method = std::make_unique<BeyondInserting>(base_model(*bundle), config, pixels, template_ids, first_id, start, attention);
+  } else {
+    method = std::make_unique<EmbeddingInversion>(base_model(*bundle), config, pixels, template_ids, first_id, start);
+  }
   const auto [history, seconds] = run_method(
       [&](const TrainingCallbacks& callbacks) {
-        return run_steps(method, method.step_options(), callbacks, checkpoint ? &*checkpoint : nullptr);
+        return run_steps(*method, method->step_options(), callbacks, checkpoint ? &*checkpoint : nullptr);
       },
       builder, run_json.dump(), args.log_json);
 
-  const at::Tensor embedding = method.embedding();
+  const at::Tensor embedding = method->embedding();
   builder.write_embedding(args.trigger, embedding);
+  at::Tensor kv_tokens;
+  if (auto* beyond = dynamic_cast<BeyondInserting*>(method.get())) kv_tokens = beyond->kv_tokens();
+  if (kv_tokens.defined()) builder.write_kv_tokens(kv_tokens);
   write_png(builder.staged("source.png"), pil_resize(square, config.resolution, config.resolution, PilFilter::kBicubic));
   if (mask.defined()) {
     const at::Tensor resized = pil_resize(to_square(mask, args.mask), config.resolution, config.resolution, PilFilter::kBilinear);
@@ -593,6 +655,7 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
 
   ConceptRecord record = concept_record(run, config.method, 1, *bundle, embedding);
   record.init_json = init.dump();
+  if (kv_tokens.defined()) record.kv_stages = kv_tokens.size(0) / 2;
   record.stage1_seconds = seconds;
   record.history = history;
   finish_concept(builder, record, args.out, config.method, config.steps, seconds);
@@ -606,7 +669,8 @@ void run_invert(InvertArgs& args) {
   if (saved) args.method = nlohmann::json::parse(saved->second).at("training").value("method", "singleinsert");
   adopt_saved_dtype(args, saved);
   if (args.method != "singleinsert") return run_embedding_inversion(args, builder, saved);
-  for (const char* flag : {"--num-vectors", "--init-word", "--init-names", "--init-words", "--reg-weight", "--fast"})
+  for (const char* flag : {"--num-vectors", "--init-word", "--init-names", "--init-words", "--reg-weight", "--fast",
+                           "--no-kv-tokens"})
     if (args.given(flag)) throw Error(fmt::format("{} is not a SingleInsert setting (see --method)", flag));
   const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   std::optional<TrainingState> checkpoint;
@@ -699,7 +763,7 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
     if (args.given("--lora-rank")) config.lora_rank = args.lora_rank;
     if (args.given("--prior-images")) config.prior_images = args.prior_images;
     if (args.train_text_encoder) config.train_text_encoder = true;
-    for (const char* flag : {"--bg-weight", "--sm-weight", "--sm-reference"})
+    for (const char* flag : {"--bg-weight", "--sm-weight", "--sm-reference", "--attn-weight", "--attn-layers", "--attn-reference"})
       if (args.given(flag)) throw Error(fmt::format("{} is a SingleInsert setting; dreambooth-lora does not use it", flag));
     config.validate();
   }
@@ -714,6 +778,10 @@ void run_dreambooth(FinetuneArgs& args, ConceptBuilder& builder,
     if (parent->stage != 1)
       throw Error(fmt::format("{}: already finetuned (stage {}); dreambooth-lora starts from a stage I concept",
                               args.concept, parent->stage));
+    if (parent->kv_keys.defined())
+      throw Error(fmt::format("{}: holds per-stage tokens (beyond-inserting), which dreambooth-lora cannot carry; "
+                              "train it with --no-kv-tokens to continue it",
+                              args.concept));
     if (!args.image.empty() && !saved) throw Error("give --concept or --image, not both (a concept brings its image)");
     args.image = parent->source_image_file();
     args.class_word = parent->class_word;
@@ -945,16 +1013,20 @@ void add_invert_command(CLI::App& app) {
       ->check(CLI::IsMember({"center", "none"}))
       ->capture_default_str();
   command->add_option("--method", args->method,
-                      "singleinsert (image encoder, masked losses), textual-inversion (diffusers' script) or "
-                      "cross-init (Cross Initialization); the mask is optional for the last two")
-      ->check(CLI::IsMember({"singleinsert", "textual-inversion", "cross-init"}))
+                      "singleinsert (image encoder, masked losses), textual-inversion (diffusers' script), "
+                      "cross-init (Cross Initialization) or beyond-inserting (identity embedding with the face-wise "
+                      "attention loss and per-stage tokens); the mask is optional for the last three")
+      ->check(CLI::IsMember({"singleinsert", "textual-inversion", "cross-init", "beyond-inserting"}))
       ->capture_default_str();
   command->add_option("--num-vectors", args->num_vectors, "textual-inversion, cross-init: vectors the trigger stands for");
-  command->add_option("--init-word", args->init_word, "textual-inversion: the one-token word to start from (default: --class)");
+  command->add_option("--init-word", args->init_word,
+                      "textual-inversion, beyond-inserting: the one-token word to start from (default: --class)");
   command->add_option("--init-names", args->init_names, "cross-init: a file of names, one per line, to start from");
   command->add_option("--init-words", args->init_words, "cross-init: words to start from instead of a names file");
   command->add_option("--reg-weight", args->reg_weight, "cross-init: weight of the pull towards the start");
   command->add_flag("--fast", args->fast, "cross-init: the fast version's preset (fewer steps)");
+  command->add_flag("--no-kv-tokens", args->no_kv_tokens,
+                    "beyond-inserting: one token everywhere instead of per-stage key/value tokens");
   command->callback([args] { run_invert(*args); });
 }
 

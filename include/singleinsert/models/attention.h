@@ -6,6 +6,9 @@
 #include <c10/util/Optional.h>
 #include <torch/nn/module.h>
 
+#include <string>
+#include <utility>
+
 #include "singleinsert/models/layers.h"
 
 namespace singleinsert {
@@ -24,6 +27,23 @@ struct AttentionOptions {
   bool residual_connection = false;
 };
 
+class AttentionImpl;
+
+// Reads or steers a cross-attention layer from outside the model: per-layer key and value inputs
+// (Beyond Inserting's per-stage tokens) and the layer's queries and keys (its attention loss). A
+// hook is a non-owning pointer on the layer, not a registered module, so weight keys never
+// change; AttentionHookGuard (models/cross_attention.h) installs one for a scope.
+class AttentionHook {
+ public:
+  virtual ~AttentionHook() = default;
+  // The inputs of to_k and to_v for this call ([B, Lc, Cc] each); both read `context` by default.
+  virtual std::pair<at::Tensor, at::Tensor> key_value_inputs(const std::string& path, const at::Tensor& context) {
+    return {context, context};
+  }
+  // The layer's queries and keys [B, H, L, D] after projection, before attention.
+  virtual void observe(const std::string& path, AttentionImpl& layer, const at::Tensor& query, const at::Tensor& key) {}
+};
+
 class AttentionImpl : public torch::nn::Module {
  public:
   explicit AttentionImpl(const AttentionOptions& options);
@@ -34,6 +54,8 @@ class AttentionImpl : public torch::nn::Module {
   IndexedList<Linear> to_out;  // to_out.0 (diffusers keeps a Dropout at to_out.1)
   GroupNorm group_norm{nullptr};
   AttentionOptions options;
+  AttentionHook* hook = nullptr;  // cross-attention only; see AttentionHook
+  std::string hook_path;          // the layer's canonical path, given to the hook
 };
 TORCH_MODULE(Attention);
 

@@ -5,6 +5,7 @@
 
 #include <map>
 #include <memory>
+#include <vector>
 #include <string>
 
 #include "singleinsert/core/json_config.h"
@@ -28,6 +29,13 @@ struct ModelBundle {
   std::string unet_weights_path;  // hashed on demand to identify the base model
   // Multi-vector embeddings: a trigger in a prompt stands for several tokens ("t" -> "t t_1 t_2").
   std::map<std::string, std::string> prompt_expansions;
+  // Beyond Inserting concepts' per-stage tokens: at stage s's cross-attention, to_k reads the text
+  // states made with keys[s] as the token's input embedding and to_v those made with values[s].
+  struct StageTokens {
+    int64_t token_id = 0;
+    at::Tensor keys, values;  // [S, D]
+  };
+  std::vector<StageTokens> stage_tokens;
 
   // One-shot commands free what they need no more: the text encoder once every prompt is
   // encoded, the UNet once sampling is done (before decoding, whose activations then reuse it).

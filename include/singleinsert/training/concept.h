@@ -7,6 +7,9 @@
 //   lora.safetensors        stage II: LoRA weights (diffusers' processor layout; rank and alpha
 //                           in the metadata)
 //   encoder.safetensors     SingleInsert's image encoder (stage II starts from it)
+//   kv_tokens.safetensors   Beyond Inserting's per-stage tokens: "keys" and "values" [S, D], one
+//                           row per UNet stage (models/cross_attention.h), used in the trigger's
+//                           place at that stage's cross-attention ("stages" in the metadata)
 //   source.png, mask.png    the inputs as trained on, so finetune needs only --concept (the mask
 //                           only where one was given: the other methods do not need it)
 // It is built in "<folder>.partial" and renamed into place when complete, so an interrupted run
@@ -35,6 +38,7 @@ struct Concept {
   std::string json;          // concept.json as written
   at::Tensor embedding;      // [n, D]
   LoraWeightMap lora;        // empty for stage I
+  at::Tensor kv_keys, kv_values;  // [S, D] each, or undefined (Beyond Inserting without kv_tokens, other methods)
   int64_t lora_rank = 0;
   double lora_alpha = 0;
 
@@ -65,6 +69,7 @@ class ConceptBuilder {
   void write_embedding(const std::string& trigger, const at::Tensor& embedding);
   void write_lora(const LoraWeightMap& lora, int64_t rank, double alpha);
   void write_encoder(const NamedTensors& encoder);
+  void write_kv_tokens(const at::Tensor& tokens);  // [2S, D], keys first
   void write_json(const std::string& json);
   void commit();
 
@@ -96,6 +101,7 @@ struct ConceptRecord {
     std::string parent_concept;         // the stage I concept it continued, if any
   };
   std::optional<Lora> lora;             // stage II
+  int64_t kv_stages = 0;                // Beyond Inserting's per-stage tokens (0: none)
   std::string device;
 };
 std::string concept_json(const ConceptRecord& record);

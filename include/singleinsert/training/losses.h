@@ -12,6 +12,7 @@
 // encoder's class embedding (the paper) or on the LoRA text encoder's (the authors' code).
 #include <ATen/core/Tensor.h>
 
+#include "singleinsert/models/attention.h"
 #include "singleinsert/models/clip_text_model.h"
 #include "singleinsert/models/lora.h"
 #include "singleinsert/models/unet.h"
@@ -36,6 +37,7 @@ struct LossSettings {
   double bg_weight = 1.0;   // gamma
   double sm_weight = 1.0;   // eta (stage II)
   SmReference sm_reference = SmReference::kFrozen;
+  AttentionHook* star_hook = nullptr;  // on the UNet's cross-attention for the "* class" pass only
 };
 
 struct LossOutputs {

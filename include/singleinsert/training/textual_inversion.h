@@ -26,7 +26,7 @@
 namespace singleinsert {
 
 struct EmbeddingInversionConfig {
-  std::string method = "textual-inversion";  // or "cross-init"
+  std::string method = "textual-inversion";  // or "cross-init", "beyond-inserting"
   int resolution = 512;
   int steps = 5000;
   int batch = 16;
@@ -36,7 +36,13 @@ struct EmbeddingInversionConfig {
   double flip_p = 0.5;
   std::string templates = "object";  // "object", "cross-init", or "world" (the toy world's words)
   std::string subject = "{}";        // what fills a template's "{}", "{}" standing for the n tokens
+                                     // and "<class>" for the class word
   double reg_weight = 0;             // Cross Initialization's pull towards its starting point
+  // Beyond Inserting (training/beyond_inserting.h) only:
+  double attn_weight = 0.003;         // lambda of the face-wise attention loss (0: off)
+  std::string attn_layers = "bottom";  // "bottom" or "all" (training/attention_loss.h)
+  std::string attn_reference = "person";  // the word in the trigger's place in the reference prompt
+  bool kv_tokens = true;              // per-stage key/value tokens (training/kv_tokens.h)
   StepSettings step;  // the reference does not clip: max_grad_norm 0
 
   double lr() const { return scale_lr ? learning_rate * batch : learning_rate; }
@@ -51,8 +57,10 @@ std::string method_preset_json(const std::string& name_or_path);
 
 // The prompt templates, "{}" standing for the subject.
 const std::vector<std::string>& inversion_templates(const std::string& name);
-// Every template with the subject holding `tokens` (the n tokens, space-separated).
-std::vector<std::string> inversion_prompts(const EmbeddingInversionConfig& config, const std::string& tokens);
+// Every template with the subject holding `tokens` (the n tokens, space-separated); "<class>" in
+// the subject stands for `class_word`.
+std::vector<std::string> inversion_prompts(const EmbeddingInversionConfig& config, const std::string& tokens,
+                                           const std::string& class_word = "");
 
 // Text encoder states of `ids` [B, L] with the input embedding of token first_id + k replaced by
 // vectors[k] (vectors [n, D]; gradients flow to them).
@@ -83,7 +91,14 @@ class EmbeddingInversion : public TrainingMethod {
   at::Tensor embedding() const { return vectors_.detach().cpu().clone(); }  // [n, D]
   StepLoopOptions step_options() const;
 
- private:
+ protected:
+  // One step's draws: templates, mirrors, posterior samples, noise and timesteps.
+  struct Draw {
+    at::Tensor choice;  // [B] template rows
+    at::Tensor z0, noise, timesteps;
+  };
+  Draw draw(at::Generator& generator) const;
+
   BaseModel base_;
   EmbeddingInversionConfig config_;
   NoiseSchedule schedule_;

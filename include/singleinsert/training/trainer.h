@@ -27,6 +27,10 @@ class SingleInsertTrainer {
                       const PreparedSource& source, at::Tensor trigger_ids, at::Tensor class_ids);
   ~SingleInsertTrainer();
 
+  // The face-wise attention loss's reference prompt (config attn_weight > 0): `reference_ids`
+  // [1, L] is "<attn_reference> <class>", whose token `class_position` is the class word.
+  void set_attention_reference(const at::Tensor& reference_ids, int64_t class_position);
+
   // Stage 2 attaches fresh (or given) LoRA adapters; `resume` restores a checkpoint of this stage.
   void run_stage(int stage, const TrainingCallbacks& callbacks, const TrainingState* resume = nullptr,
                  const LoraWeightMap* initial_lora = nullptr);
@@ -46,6 +50,8 @@ class SingleInsertTrainer {
   TrainingConfig config_;
   at::Tensor cond_pixels_, mask_, trigger_ids_, class_ids_;
   at::Tensor posterior_mean_, posterior_std_;  // computed once: the source's latent distribution
+  at::Tensor reference_states_;                // [1, L, D]: the attention loss's reference prompt
+  int64_t class_position_ = 0;
   NoiseSchedule schedule_;
   std::shared_ptr<LoraNetwork> lora_;
   std::vector<StepRecord> history_;

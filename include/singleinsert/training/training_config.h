@@ -22,6 +22,10 @@ struct TrainingConfig {
   double bg_weight = 1.0;  // gamma
   double sm_weight = 1.0;  // eta
   SmReference sm_reference = SmReference::kFrozen;
+  // Beyond Inserting's face-wise attention loss as an extra term (training/attention_loss.h).
+  double attn_weight = 0;
+  std::string attn_layers = "bottom";
+  std::string attn_reference = "person";
   int lora_rank = 4;
   double lora_alpha = 4.0;  // alpha = rank: the update is up(down(x)) unscaled, as train.py trains it
   double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 1e-2;
