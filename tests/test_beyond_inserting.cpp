@@ -17,6 +17,7 @@
 #include "singleinsert/pipeline/default_model.h"
 #include "singleinsert/pipeline/model_bundle.h"
 #include "singleinsert/pipeline/prompt_encoding.h"
+#include "singleinsert/pipeline/text_to_image.h"
 #include "singleinsert/training/attention_loss.h"
 #include "singleinsert/training/beyond_inserting.h"
 #include "singleinsert/training/image_preprocess.h"
@@ -217,11 +218,12 @@ TEST(BeyondInserting, GradientsReachOnlyTheIdentitysParameters) {
   ASSERT_EQ(loss.terms.size(), 2u);
   EXPECT_EQ(loss.terms[1].first, "attn");
   EXPECT_GT(loss.terms[1].second.item<double>(), 0);
-  loss.total.backward();
-  // The identity, the per-stage offsets and the mapper's output projection get gradients (W_q, W_k
-  // and W_v start behind a zero output projection, so theirs are zero at the first step).
+  // The attention term alone reaches the identity and the token module: the identity, the
+  // per-stage offsets and the mapper's output projection (W_q, W_k and W_v start behind a zero
+  // output projection, so theirs are zero at the first step).
   const auto parameters = method.parameters();
   ASSERT_EQ(parameters.size(), 8u);  // the identity and the mapper's 7 tensors
+  loss.terms[1].second.backward({}, /*retain_graph=*/true);
   EXPECT_GT(parameters[0].grad().abs().sum().item<double>(), 0);
   double mapper_gradient = 0;
   for (size_t i = 1; i < parameters.size(); ++i) {
@@ -229,9 +231,41 @@ TEST(BeyondInserting, GradientsReachOnlyTheIdentitysParameters) {
     mapper_gradient += parameters[i].grad().abs().sum().item<double>();
   }
   EXPECT_GT(mapper_gradient, 0);
+  // The whole loss reaches nothing else: no weight of the UNet, text encoder or VAE is a leaf the
+  // graph differentiates (none requires a gradient), and none holds one afterwards.
+  loss.total.backward();
+  int64_t frozen = 0;
   for (auto* module : {static_cast<torch::nn::Module*>(bundle->unet.get()), static_cast<torch::nn::Module*>(bundle->text_encoder.get()),
                        static_cast<torch::nn::Module*>(bundle->vae.get())})
-    for (const auto& p : module->parameters()) EXPECT_FALSE(p.grad().defined());
+    for (const auto& p : module->parameters()) {
+      EXPECT_FALSE(p.requires_grad());
+      EXPECT_FALSE(p.grad().defined());
+      ++frozen;
+    }
+  EXPECT_GT(frozen, 100);
+}
+
+// generate with a concept's per-stage tokens on the world model's three stages: equal tokens draw
+// exactly what the single embedding draws, distinct ones draw something else, and the token
+// table holds the concept's own row again afterwards.
+TEST(KvTokens, GenerateAppliesEachStagesTokens) {
+  auto bundle = world_bundle();
+  at::Generator generator = make_cpu_generator(17);
+  const at::Tensor identity = randn_like_torch({1, 128}, generator) * 0.3;
+  insert_embedding(*bundle, "<id>", identity, "test");
+  const int64_t id = bundle->tokenizer.token_id("<id>");
+  GenerateOptions options;
+  options.prompts = {"a photo of a <id> face wearing a hat"};
+  options.steps = 3;
+  options.width = options.height = 64;
+  const at::Tensor single = generate(*bundle, options).latents;
+  bundle->stage_tokens.push_back({id, identity.expand({3, 128}), identity.expand({3, 128})});
+  EXPECT_TRUE(at::equal(generate(*bundle, options).latents, single));
+  bundle->stage_tokens.back().keys = randn_like_torch({3, 128}, generator) * 0.3;
+  bundle->stage_tokens.back().values = randn_like_torch({3, 128}, generator) * 0.3;
+  EXPECT_FALSE(at::allclose(generate(*bundle, options).latents, single));
+  const auto& table = bundle->text_encoder->text_model->embeddings->token_embedding->weight;
+  EXPECT_TRUE(at::equal(table[id], identity[0].to(table.scalar_type())));
 }
 
 }  // namespace

@@ -44,6 +44,8 @@ void validate_edit_options(const EditOptions& o, int64_t train_timesteps) {
     throw Error(fmt::format("--steps must be between 1 and {}, got {}", train_timesteps, o.steps));
   if (!(o.eta >= 0 && o.eta <= 1)) throw Error(fmt::format("--eta must be between 0 and 1, got {}", o.eta));
   if (!(o.guidance_scale >= 0)) throw Error(fmt::format("--guidance must not be negative, got {}", o.guidance_scale));
+  if (o.inversion_guidance && !(*o.inversion_guidance >= 0))
+    throw Error(fmt::format("--inversion-guidance must not be negative, got {}", *o.inversion_guidance));
   if (o.inner_steps < 0) throw Error(fmt::format("--inner-steps must not be negative, got {}", o.inner_steps));
   if (!(o.learning_rate > 0)) throw Error(fmt::format("--lr must be positive, got {}", o.learning_rate));
 }
@@ -104,12 +106,14 @@ TunedInversion tune_inversion(ModelBundle& bundle, const at::Tensor& pixels, con
   const at::Tensor& uncond = tuned.uncond;
   out.round_trip = decode_latents(bundle, z0);
   const bool guided = options.guidance_scale > 1.0;
-  out.trajectory = ddim_invert(bundle, z0, source, uncond, options.steps, options.guidance_scale, progress);
+  // One precision for all three stages, so that each c_k is tuned for the numerics it is used in.
+  std::optional<compat::AutocastGuard> mixed_precision;
+  if (dtype != at::kFloat) mixed_precision.emplace(device.type(), dtype);
+  out.trajectory = ddim_invert(bundle, z0, source, uncond, options.steps,
+                               options.inversion_guidance.value_or(options.guidance_scale), progress);
 
   const DdimInversion inversion(bundle.scheduler_config, options.steps);
   const int n = inversion.steps();
-  std::optional<compat::AutocastGuard> mixed_precision;
-  if (dtype != at::kFloat) mixed_precision.emplace(device.type(), dtype);
   // Reconstruction: one embedding per step, fitted so the guided step stays on the trajectory.
   tuned.embeddings.resize(n);
   at::Tensor c = source.clone();
@@ -166,6 +170,8 @@ at::Tensor edit_tuned(ModelBundle& bundle, const TunedInversion& tuned, const st
   if (static_cast<int>(tuned.embeddings.size()) != n)
     throw Error(fmt::format("the tuned inversion has {} steps, the edit {}", tuned.embeddings.size(), n));
   const at::Tensor target = encode_prompts(bundle, {prompt}).to(at::kFloat);
+  std::optional<compat::AutocastGuard> mixed_precision;
+  if (bundle.execution.dtype != at::kFloat) mixed_precision.emplace(bundle.execution.device.type(), bundle.execution.dtype);
   // Editing: the same steps from z*_N on the interpolated embedding.
   at::Tensor z = tuned.result.trajectory[n].unsqueeze(0).to(bundle.execution.device);
   for (int k = n - 1; k >= 0; --k) {
@@ -174,6 +180,7 @@ at::Tensor edit_tuned(ModelBundle& bundle, const TunedInversion& tuned, const st
         guided_eps(bundle, z, inversion.timesteps()[k], mixed, tuned.uncond, options.guidance_scale), k, z);
     if (progress) progress({"edit", n - k, n, seconds_since(start), {}});
   }
+  mixed_precision.reset();
   return decode_latents(bundle, z);
 }
 

@@ -38,15 +38,20 @@ at::Tensor repeat_rows(const at::Tensor& x, int64_t times) {
 // (or value) token, laid out as `context` is.
 at::Tensor stage_states(ModelBundle& bundle, const GenerateOptions& options, const std::vector<std::string>& negatives,
                         bool guided, int64_t stage, bool key) {
-  auto& table = bundle.text_encoder->text_model->embeddings->token_embedding->weight;
-  std::vector<at::Tensor> saved;
+  // The rows go back whatever happens, so that the bundle's next run reads the concept's own.
+  struct RowsRestored {
+    at::Tensor table;
+    std::vector<std::pair<int64_t, at::Tensor>> saved;
+    ~RowsRestored() {
+      for (auto it = saved.rbegin(); it != saved.rend(); ++it) table[it->first].copy_(it->second);
+    }
+  } rows{bundle.text_encoder->text_model->embeddings->token_embedding->weight, {}};
   for (const auto& tokens : bundle.stage_tokens) {
-    saved.push_back(table[tokens.token_id].clone());
-    table[tokens.token_id].copy_((key ? tokens.keys : tokens.values)[stage]);
+    rows.saved.emplace_back(tokens.token_id, rows.table[tokens.token_id].clone());
+    rows.table[tokens.token_id].copy_((key ? tokens.keys : tokens.values)[stage]);
   }
   at::Tensor states = repeat_rows(encode_prompts(bundle, options.prompts), options.images_per_prompt);
   if (guided) states = at::cat({repeat_rows(encode_prompts(bundle, negatives), options.images_per_prompt), states});
-  for (size_t i = 0; i < saved.size(); ++i) table[bundle.stage_tokens[i].token_id].copy_(saved[i]);
   return states;
 }
 

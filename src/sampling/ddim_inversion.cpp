@@ -7,6 +7,7 @@
 
 #include "singleinsert/core/error.h"
 #include "singleinsert/core/json_config.h"
+#include "singleinsert/sampling/numpy_compat.h"
 #include "singleinsert/sampling/sampler.h"
 
 namespace singleinsert {
@@ -21,9 +22,10 @@ DdimInversion::DdimInversion(const JsonConfig& json, int steps)
   ratio_ = train / steps;
   if (common.timestep_spacing == "leading") {
     for (int k = 0; k < steps; ++k) timesteps_.push_back(k * ratio_ + common.steps_offset);
-  } else if (common.timestep_spacing == "trailing") {
-    const double step = static_cast<double>(train) / steps;
-    for (int k = steps - 1; k >= 0; --k) timesteps_.push_back(static_cast<int64_t>(std::round(train - k * step)) - 1);
+  } else if (common.timestep_spacing == "trailing") {  // np.round(np.arange(T, 0, -T / steps))[::-1] - 1
+    const auto values = detail::np_arange(train, 0, -static_cast<double>(train) / steps);
+    for (auto it = values.rbegin(); it != values.rend(); ++it)
+      timesteps_.push_back(static_cast<int64_t>(detail::np_round(*it)) - 1);
   } else {
     throw Error(fmt::format("DDIM inversion supports leading or trailing timestep spacing, not {}",
                             common.timestep_spacing));
@@ -34,6 +36,8 @@ DdimInversion::DdimInversion(const JsonConfig& json, int steps)
   const bool alpha_one = json.has("set_alpha_to_zero") ? json.get_bool("set_alpha_to_zero", true)
                                                        : json.get_bool("set_alpha_to_one", true);
   initial_alpha_cumprod_ = alpha_one ? 1.0f : schedule_.alpha_cumprod(0);
+  // diffusers' DDIMInverseScheduler clamps x0 unless told not to (SD v1.5's configs say false).
+  if (json.get_bool("clip_sample", true)) clip_sample_range_ = json.get_double("clip_sample_range", 1.0);
 }
 
 float DdimInversion::alpha_from(int index) const {
@@ -43,20 +47,22 @@ float DdimInversion::alpha_from(int index) const {
 
 namespace {
 
-// sqrt(a_to) x0 + sqrt(1 - a_to) eps with x0 from `sample` at level a_at, in float32 scalars as diffusers.
-at::Tensor move(const at::Tensor& eps, const at::Tensor& sample, float a_at, float a_to) {
-  const at::Tensor x0 = (sample - eps * std::sqrt(1.0f - a_at)) / std::sqrt(a_at);
+// sqrt(a_to) x0 + sqrt(1 - a_to) eps with x0 from `sample` at level a_at (clamped to +-clip when
+// clip > 0), in float32 scalars as diffusers.
+at::Tensor move(const at::Tensor& eps, const at::Tensor& sample, float a_at, float a_to, double clip) {
+  at::Tensor x0 = (sample - eps * std::sqrt(1.0f - a_at)) / std::sqrt(a_at);
+  if (clip > 0) x0 = x0.clamp(-clip, clip);
   return x0 * std::sqrt(a_to) + eps * std::sqrt(1.0f - a_to);
 }
 
 }  // namespace
 
 at::Tensor DdimInversion::invert_step(const at::Tensor& eps, int index, const at::Tensor& sample) const {
-  return move(eps, sample, alpha_from(index), schedule_.alpha_cumprod(timesteps_[index]));
+  return move(eps, sample, alpha_from(index), schedule_.alpha_cumprod(timesteps_[index]), clip_sample_range_);
 }
 
 at::Tensor DdimInversion::denoise_step(const at::Tensor& eps, int index, const at::Tensor& sample) const {
-  return move(eps, sample, schedule_.alpha_cumprod(timesteps_[index]), alpha_from(index));
+  return move(eps, sample, schedule_.alpha_cumprod(timesteps_[index]), alpha_from(index), clip_sample_range_);
 }
 
 }  // namespace singleinsert

@@ -69,6 +69,7 @@ void EmbeddingInversionConfig::validate() const {
     throw Error(fmt::format("unknown method '{}' (textual-inversion, cross-init or beyond-inserting)", method));
   if (method == "beyond-inserting") {
     if (num_vectors != 1) throw Error("beyond-inserting learns one identity embedding: num_vectors must be 1");
+    if (reg_weight != 0) throw Error("reg_weight is Cross Initialization's; beyond-inserting has no pull towards its start");
     if (!(attn_weight >= 0)) throw Error("attn_weight must not be negative");
     validate_attention_layers(attn_layers);
     if (attn_reference.find_first_of(" \t") != std::string::npos)

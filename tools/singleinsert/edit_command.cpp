@@ -31,10 +31,12 @@ struct EditArgs {
   std::string device = "auto";
   std::string dtype = "fp32";
   int resolution = 0;
+  double inversion_guidance = 0;
   bool overwrite = false;
 };
 
-void run_edit(EditArgs& args) {
+void run_edit(EditArgs& args, const CLI::App& command) {
+  if (command.count("--inversion-guidance") > 0) args.options.inversion_guidance = args.inversion_guidance;
   const ExecutionOptions execution = make_execution_options(args.device, args.dtype);
   // Everything that can be checked cheaply is checked before the model loads or a file is written.
   if (!fs::exists(args.model.model)) throw Error(fmt::format("{}: no such model folder or file", args.model.model));
@@ -70,6 +72,7 @@ void run_edit(EditArgs& args) {
       {"eta", o.eta},
       {"steps", o.steps},
       {"guidance", o.guidance_scale},
+      {"inversion_guidance", o.inversion_guidance.value_or(o.guidance_scale)},
       {"inner_steps", o.inner_steps},
       {"lr", o.learning_rate},
       {"early_stop", o.early_stop},
@@ -110,6 +113,8 @@ void add_edit_command(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--steps", args->options.steps, "DDIM steps")->capture_default_str();
   command->add_option("--guidance", args->options.guidance_scale, "Classifier-free guidance scale")->capture_default_str();
+  command->add_option("--inversion-guidance", args->inversion_guidance,
+                      "Guidance of the DDIM inversion (default: --guidance's; 1: unguided, null-text inversion's pivot)");
   command->add_option("--inner-steps", args->options.inner_steps, "Adam iterations per step (at most)")
       ->capture_default_str();
   command->add_option("--lr", args->options.learning_rate, "Adam's learning rate for the tuned embedding")
@@ -123,7 +128,7 @@ void add_edit_command(CLI::App& app) {
   command->add_option("--dtype", args->dtype, "fp32, or bf16 (the model under autocast)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
-  command->callback([args] { run_edit(*args); });
+  command->callback([args, command] { run_edit(*args, *command); });
 }
 
 }  // namespace singleinsert::cli

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -345,18 +346,21 @@ std::pair<std::vector<StepRecord>, double> run_method(
 }
 
 // Trains one stage into the builder's staging folder and completes the concept.
-// The class word's first token, for the attention loss.
-int64_t class_token(const ModelBundle& bundle, const std::string& class_word) {
+// The class word's tokens, for the attention loss.
+std::vector<int64_t> class_tokens(const ModelBundle& bundle, const std::string& class_word) {
   const std::vector<int64_t> ids = bundle.tokenizer.encode(class_word);
   if (ids.empty()) throw Error(fmt::format("the class word '{}' tokenizes to nothing", class_word));
-  return ids.front();
+  return ids;
 }
 
-// Where `token` first occurs in the id row [L] after BOS.
-int64_t first_position(const at::Tensor& ids, int64_t token) {
-  const at::Tensor found = (ids.narrow(0, 1, ids.size(0) - 1) == token).nonzero();
-  if (found.numel() == 0) throw Error("the attention loss's reference prompt does not hold the class word");
-  return found[0][0].item<int64_t>() + 1;
+// Where `tokens` first occur in the id row [L] after BOS, as the position of their last token (the
+// one whose state has read the whole word under CLIP's causal mask: "bear" of "teddy bear").
+int64_t first_position(const at::Tensor& ids, const std::vector<int64_t>& tokens) {
+  const auto row = ids.contiguous().data_ptr<int64_t>();
+  const int64_t length = ids.size(0), count = static_cast<int64_t>(tokens.size());
+  for (int64_t at = 1; at + count <= length; ++at)
+    if (std::equal(tokens.begin(), tokens.end(), row + at)) return at + count - 1;
+  throw Error("the attention loss's reference prompt does not hold the class word");
 }
 
 void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const TrainArgs& args,
@@ -370,9 +374,12 @@ void train_and_write(StageRun& r, int stage, ConceptBuilder& builder, const Trai
 
   SingleInsertTrainer trainer(base_model(bundle), r.encoder, r.config, r.source, trigger_ids, class_ids);
   if (r.config.attn_weight > 0) {
+    // "<reference> <class>": the class word right after the reference word's tokens.
+    const std::vector<int64_t> reference = bundle.tokenizer.encode(r.config.attn_reference);
+    const std::vector<int64_t> word = class_tokens(bundle, r.run.class_word);
     const std::string subject = r.config.attn_reference.empty() ? "" : r.config.attn_reference + " ";
     const at::Tensor reference_ids = tokenize_prompts(bundle.tokenizer, {subject + r.run.class_word});
-    trainer.set_attention_reference(reference_ids, first_position(reference_ids[0], class_token(bundle, r.run.class_word)));
+    trainer.set_attention_reference(reference_ids, static_cast<int64_t>(reference.size() + word.size()));
   }
   TrainingState resume_state;
   if (checkpoint) {
@@ -620,11 +627,11 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
     if (config.attn_weight > 0) {
       attention.reference_ids =
           tokenize_prompts(bundle->tokenizer, inversion_prompts(config, config.attn_reference, args.class_word));
-      const int64_t class_id = bundle->tokenizer.encode(args.class_word).front();
+      const std::vector<int64_t> word = class_tokens(*bundle, args.class_word);
       std::vector<int64_t> identity, classes;
       for (int64_t t = 0; t < template_ids.size(0); ++t) {
-        identity.push_back(first_position(template_ids[t], first_id));
-        classes.push_back(first_position(attention.reference_ids[t], class_id));
+        identity.push_back(first_position(template_ids[t], {first_id}));
+        classes.push_back(first_position(attention.reference_ids[t], word));
       }
       attention.identity_positions = at::tensor(identity, at::kLong);
       attention.class_positions = at::tensor(classes, at::kLong);
@@ -650,8 +657,13 @@ void run_embedding_inversion(InvertArgs& args, ConceptBuilder& builder,
     write_png(builder.staged("mask.png"), resized.size(2) == 3 ? resized : resized.narrow(2, 0, 1).contiguous());
   }
   if (!history.empty()) write_png(builder.staged("loss.png"), plot_history(history, config.method + " loss (log scale)"));
-  if (args.preview)
+  if (args.preview) {
+    if (kv_tokens.defined()) {  // drawn as generate draws the concept: each stage with its own tokens
+      const int64_t stages = kv_tokens.size(0) / 2;
+      bundle->stage_tokens.push_back({first_id, kv_tokens.narrow(0, 0, stages), kv_tokens.narrow(0, stages, stages)});
+    }
     write_preview(builder, *bundle, tokens, first_id, embedding, args.class_word, config.resolution, config.step.seed);
+  }
 
   ConceptRecord record = concept_record(run, config.method, 1, *bundle, embedding);
   record.init_json = init.dump();

@@ -2,8 +2,8 @@
 // Prompt Tuning Inversion (Dong, Xue, Duan, Han 2023): text-driven editing of a real image with
 // no mask and no description of it.
 //
-//   1. Inversion: z*_0 = E(image); z*_k = DDIM inverse step of z*_{k-1} under the source prompt
-//      (sampling/ddim_inversion.h), the trajectory kept.
+//   1. Inversion: z*_0 = E(image); z*_k = DDIM inverse step of z*_{k-1} under the source prompt,
+//      with the edit's guidance by default (sampling/ddim_inversion.h), the trajectory kept.
 //   2. Reconstruction, walking back from z_N = z*_N: at each step k a conditional embedding c_k
 //      (the text encoder's output, [1, 77, D]; warm-started from c_{k+1}, the first from the
 //      source prompt's) is optimised with Adam so that the guided DDIM step lands on the kept
@@ -12,6 +12,7 @@
 //   3. Editing from z*_N: the same guided steps on c = eta * c_target + (1 - eta) * c_k.
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,10 @@ struct EditOptions {
   double eta = 0.8;           // how far the edit moves towards the target
   int steps = 50;
   double guidance_scale = 7.5;
+  // The inversion's guidance; none: the edit's. Measured in the world model (docs/methods.md), an
+  // unguided pivot (1, null-text inversion's) reconstructs a little better but its tuned
+  // embeddings sit further from any prompt's, so the edits keep less of the image.
+  std::optional<double> inversion_guidance;
   int inner_steps = 10;       // Adam iterations per step, at most
   double learning_rate = 1e-2;
   double early_stop = 1e-5;   // stop a step's iterations once its loss is below this

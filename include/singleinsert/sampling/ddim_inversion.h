@@ -8,7 +8,8 @@
 // level t_k, with eps = eps(x, t_k) (diffusers evaluates the UNet at the level it moves to):
 //   x0 = (x - sqrt(1 - a_from) eps) / sqrt(a_from),   x' = sqrt(a_to) x0 + sqrt(1 - a_to) eps
 // The backward step k is the same formula with the two levels exchanged, eps = eps(x', t_k).
-// No clipping and no noise: z*_k is exactly reproducible from z*_{k+1} when eps agrees.
+// No noise; x0 is clamped only when the config's clip_sample is on (diffusers' default, off in SD
+// v1.5's configs).
 #include <ATen/core/Tensor.h>
 
 #include <vector>
@@ -37,6 +38,7 @@ class DdimInversion {
   std::vector<int64_t> timesteps_;
   int64_t ratio_ = 0;
   float initial_alpha_cumprod_ = 1.0f;
+  double clip_sample_range_ = 0;  // 0: x0 not clamped
 };
 
 }  // namespace singleinsert

@@ -45,7 +45,7 @@ class AttentionLossHook : public AttentionHook {
 
   // L_attn over the layers observed so far (0 when none).
   at::Tensor loss() const;
-  // The maps of the last observed pass, by layer path: {trained, reference} [B, Lq] each.
+  // The maps of every observed layer call, in order, by layer path: {trained, reference} [B, Lq] each.
   const std::vector<std::pair<std::string, std::pair<at::Tensor, at::Tensor>>>& maps() const { return maps_; }
 
  private:

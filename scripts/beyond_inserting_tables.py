@@ -1,0 +1,96 @@
+#!/usr/bin/env python3
+"""Tables for docs/methods.md: Beyond Inserting beside SingleInsert in the toy world
+(scripts/beyond_inserting_comparison.sh's folders) and Prompt Tuning Inversion's edits
+(`eval edits --json`).
+  python3 scripts/beyond_inserting_tables.py out/methods [out/pti-edits/edits.json]"""
+import json
+import math
+import os
+import statistics
+import sys
+
+VARIANTS = [("s2-sm", "SingleInsert (stage II)"), ("s2-attn", "SingleInsert + attention loss (I and II)"),
+            ("ti", "textual inversion"), ("bi", "Beyond Inserting (both parts)"),
+            ("bi-attn", "Beyond Inserting: attention loss only"), ("bi-kv", "Beyond Inserting: per-stage tokens only")]
+PARENTS = {"s2-sm": "s1-fg-bg", "s2-attn": "s1-attn"}
+EXPRESSIONS = ("smiling", "surprised")
+
+
+def mean_se(values):
+    if not values:
+        return "", 0.0, 0.0
+    m = statistics.fmean(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return f"{m:.3f} ± {se:.3f}", m, se
+
+
+def seconds(folder, key):
+    total = 0.0
+    for k in (key, PARENTS.get(key)):
+        if k and os.path.exists(os.path.join(folder, k + ".seconds")):
+            total += float(open(os.path.join(folder, k + ".seconds")).read())
+    return total
+
+
+def concept_rows(root):
+    identities = sorted(d for d in os.listdir(root) if d.startswith("identity-"))
+    complete = [i for i in identities
+                if all(os.path.exists(os.path.join(root, i, k + ".eval.json")) for k, _ in VARIANTS)]
+    rows = {k: [] for k, _ in VARIANTS}
+    for i in complete:
+        for k, _ in VARIANTS:
+            e = json.load(open(os.path.join(root, i, k + ".eval.json")))
+            expression = [p["success_rate"] for p in e["prompts"] if any(x in p["edits"] for x in EXPRESSIONS)]
+            rows[k].append({
+                "identity": i, "esr": e["esr"], "whole": e["closeness"]["whole"], "hidden": e["closeness"]["hidden"],
+                "expression": statistics.fmean(expression), "view": e["novel_view"]["success"],
+                "view_closeness": e["novel_view"]["closeness"]["whole"], "leakage": e["background_leakage"],
+                "seconds": seconds(os.path.join(root, i), k)})
+    return complete, rows
+
+
+def print_concepts(root):
+    complete, rows = concept_rows(root)
+    if not complete:
+        print("No identity has every variant scored yet.")
+        return
+    print(f"Identities: {', '.join(i.split('-')[1] for i in complete)} (mean ± standard error over {len(complete)})\n")
+    print("| method | ESR | closeness | hidden part | expression edits | head turn drawn | closeness turned | "
+          "background leakage | wall time (median) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for k, name in VARIANTS:
+        r = rows[k]
+        cells = [mean_se([x[f] for x in r])[0] for f in ("esr", "whole", "hidden", "expression", "view",
+                                                          "view_closeness", "leakage")]
+        print(f"| {name} | " + " | ".join(cells) + f" | {statistics.median([x['seconds'] for x in r]):.0f} s |")
+    print("\nPaired by identity (difference of means ± standard error of the differences):\n")
+    print("| | ESR | closeness | hidden part | expression edits | head turn drawn |")
+    print("|---|---|---|---|---|---|")
+    for a, b in (("bi", "ti"), ("bi-attn", "ti"), ("bi-kv", "ti"), ("bi", "s2-sm"), ("s2-attn", "s2-sm")):
+        name = dict(VARIANTS)
+        cells = []
+        for f in ("esr", "whole", "hidden", "expression", "view"):
+            d = [x[f] - y[f] for x, y in zip(rows[a], rows[b])]
+            cells.append(mean_se(d)[0])
+        print(f"| {name[a]} − {name[b]} | " + " | ".join(cells) + " |")
+
+
+def print_edits(path):
+    record = json.load(open(path))
+    print(f"\n{record['identities']} held-out identities from {record['first']}, {record['steps']} DDIM steps, guidance "
+          f"{record['guidance']}, {record['inner_steps']} Adam iterations per step (mean ± standard error):\n")
+    print("| edit | eta | edit shown | identity closeness | hidden part | mean abs. change outside the edit |")
+    print("|---|---|---|---|---|---|")
+    for e in record["summary"]:
+        eta = "" if e["edit"] == "reconstruction" else f"{e['eta']:.1f}"
+        cells = [f"{e[f]['mean']:.3f} ± {e[f]['se']:.3f}" for f in ("success", "closeness", "closeness_hidden",
+                                                                   "outside_mae")]
+        if e["edit"] == "reconstruction":
+            cells[0] = ""
+        print(f"| {e['edit']} | {eta} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    print_concepts(sys.argv[1])
+    if len(sys.argv) > 2:
+        print_edits(sys.argv[2])
