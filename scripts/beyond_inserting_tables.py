@@ -2,7 +2,10 @@
 """Tables for docs/methods.md: Beyond Inserting beside SingleInsert in the toy world
 (scripts/beyond_inserting_comparison.sh's folders) and Prompt Tuning Inversion's edits
 (`eval edits --json`).
-  python3 scripts/beyond_inserting_tables.py out/methods [out/pti-edits/edits.json]"""
+  python3 scripts/beyond_inserting_tables.py out/methods [out/pti-edits/edits.json] [--solo 102,103,104]
+Wall times are medians over the identities whose runs had the CPU alone: SingleInsert's and
+textual inversion's over 100-102 (as in the methods table), the new variants' over --solo (all by
+default)."""
 import json
 import math
 import os
@@ -30,6 +33,9 @@ def seconds(folder, key):
         if k and os.path.exists(os.path.join(folder, k + ".seconds")):
             total += float(open(os.path.join(folder, k + ".seconds")).read())
     return total
+
+
+SOLO = {"s2-sm": {"identity-100", "identity-101", "identity-102"}, "ti": {"identity-100", "identity-101", "identity-102"}}
 
 
 def concept_rows(root):
@@ -62,7 +68,9 @@ def print_concepts(root):
         r = rows[k]
         cells = [mean_se([x[f] for x in r])[0] for f in ("esr", "whole", "hidden", "expression", "view",
                                                           "view_closeness", "leakage")]
-        print(f"| {name} | " + " | ".join(cells) + f" | {statistics.median([x['seconds'] for x in r]):.0f} s |")
+        times = [x["seconds"] for x in r if x["identity"] in SOLO.get(k, {x["identity"] for x in r})]
+        wall = f"{statistics.median(times):.0f} s" if times else ""
+        print(f"| {name} | " + " | ".join(cells) + f" | {wall} |")
     print("\nPaired by identity (difference of means ± standard error of the differences):\n")
     print("| | ESR | closeness | hidden part | expression edits | head turn drawn |")
     print("|---|---|---|---|---|---|")
@@ -91,6 +99,13 @@ def print_edits(path):
 
 
 if __name__ == "__main__":
-    print_concepts(sys.argv[1])
-    if len(sys.argv) > 2:
-        print_edits(sys.argv[2])
+    args = sys.argv[1:]
+    if "--solo" in args:
+        at = args.index("--solo")
+        solo = {"identity-" + x for x in args[at + 1].split(",")}
+        for key, _ in VARIANTS:
+            SOLO.setdefault(key, solo)
+        del args[at:at + 2]
+    print_concepts(args[0])
+    if len(args) > 1:
+        print_edits(args[1])
