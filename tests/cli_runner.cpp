@@ -1,6 +1,8 @@
 #include "cli_runner.h"
 
 #include "golden.h"
+#include "singleinsert/pipeline/default_model.h"
+#include "singleinsert/world/scene.h"
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -39,6 +41,18 @@ std::string fresh_temp_dir(const std::string& name) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
+}
+
+std::string world_model_with_tokenizer() {
+  static const std::string dir = [] {
+    const fs::path folder = fresh_temp_dir("world_model");
+    const fs::path source = fs::path(SINGLEINSERT_SOURCE_DIR) / "assets" / "world" / "model";
+    for (const auto& entry : fs::directory_iterator(source))
+      if (entry.path().filename() != "tokenizer") fs::create_symlink(entry.path(), folder / entry.path().filename());
+    write_small_clip_tokenizer((folder / "tokenizer").string(), world::vocabulary_words());
+    return folder.string();
+  }();
+  return dir;
 }
 
 std::string linked_tiny_model(const std::string& name, const std::string& parent) {

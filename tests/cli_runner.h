@@ -31,6 +31,10 @@ std::string write_tiny_training_preset(const std::string& dir, int stage1_steps 
 // replaced: parent/name, or a fresh temp dir when no parent is given.
 std::string linked_tiny_model(const std::string& name, const std::string& parent = "");
 
+// The committed world model (assets/world/model) with the tokenizer the world generates (the
+// repository does not store it): a folder of links to its parts plus tokenizer/, made once.
+std::string world_model_with_tokenizer();
+
 // A fresh empty folder under the system temp dir, unique per call.
 std::string fresh_temp_dir(const std::string& name);
 

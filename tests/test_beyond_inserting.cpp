@@ -32,16 +32,7 @@ namespace {
 const std::string kSource = SINGLEINSERT_SOURCE_DIR;
 
 // The committed world model with its generated tokenizer, loaded fresh for each test (tokens are added).
-std::shared_ptr<ModelBundle> world_bundle() {
-  static const std::string tokenizer = [] {
-    const std::string dir = testing::fresh_temp_dir("world_tokenizer");
-    write_small_clip_tokenizer(dir, world::vocabulary_words());
-    return dir;
-  }();
-  ModelSourceOptions sources;
-  sources.tokenizer = tokenizer;
-  return load_model_bundle(kSource + "/assets/world/model", {}, sources);
-}
+std::shared_ptr<ModelBundle> world_bundle() { return load_model_bundle(testing::world_model_with_tokenizer()); }
 
 TEST(CrossAttention, SdV15HasFiveStagesMirroredAroundItsBottom) {
   UNetConfig config;  // SD v1.5's blocks, at a width small enough to build

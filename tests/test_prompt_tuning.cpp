@@ -109,11 +109,7 @@ TEST(DdimInversion, MatchesDiffusersDdimInverseScheduler) {
 }
 
 TEST(PromptTuningInversion, NoEditReconstructsWithinOneDecibelOfTheVaeRoundTrip) {
-  const std::string tokenizer = testing::fresh_temp_dir("pti_tokenizer");
-  write_small_clip_tokenizer(tokenizer, world::vocabulary_words());
-  ModelSourceOptions sources;
-  sources.tokenizer = tokenizer;
-  auto bundle = load_model_bundle(kSource + "/assets/world/model", {}, sources);
+  auto bundle = load_model_bundle(testing::world_model_with_tokenizer());
   const world::Scene scene = world::source_scene(world::sample_identity(world::kHeldOutIdentitySeed + 3), 2);
   const at::Tensor image = world::render(scene, 64).image;
   EditOptions options;
@@ -147,11 +143,7 @@ TEST(PromptTuningInversion, NoEditReconstructsWithinOneDecibelOfTheVaeRoundTrip)
 // The edit's condition is eta * target + (1 - eta) * c_k: at eta 0 the target's words do not
 // matter, at eta 1 the tuned embeddings do not, and in between both do.
 TEST(PromptTuningInversion, EtaWeighsTheTargetAgainstTheTunedEmbeddings) {
-  const std::string tokenizer = testing::fresh_temp_dir("pti_eta_tokenizer");
-  write_small_clip_tokenizer(tokenizer, world::vocabulary_words());
-  ModelSourceOptions sources;
-  sources.tokenizer = tokenizer;
-  auto bundle = load_model_bundle(kSource + "/assets/world/model", {}, sources);
+  auto bundle = load_model_bundle(testing::world_model_with_tokenizer());
   const world::Scene scene = world::source_scene(world::sample_identity(world::kHeldOutIdentitySeed + 4), 1);
   EditOptions options;
   options.steps = 4;
