@@ -7,24 +7,17 @@ Wall times are medians over the identities whose runs had the CPU alone: SingleI
 textual inversion's over 100-102 (as in the methods table), the new variants' over --solo (all by
 default)."""
 import json
-import math
 import os
 import statistics
 import sys
+
+from toyworld_tables import cell  # mean ± standard error, as the other toy-world tables print it
 
 VARIANTS = [("s2-sm", "SingleInsert (stage II)"), ("s2-attn", "SingleInsert + attention loss (I and II)"),
             ("ti", "textual inversion"), ("bi", "Beyond Inserting (both parts)"),
             ("bi-attn", "Beyond Inserting: attention loss only"), ("bi-kv", "Beyond Inserting: per-stage tokens only")]
 PARENTS = {"s2-sm": "s1-fg-bg", "s2-attn": "s1-attn"}
 EXPRESSIONS = ("smiling", "surprised")
-
-
-def mean_se(values):
-    if not values:
-        return "", 0.0, 0.0
-    m = statistics.fmean(values)
-    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-    return f"{m:.3f} ± {se:.3f}", m, se
 
 
 def seconds(folder, key):
@@ -66,7 +59,7 @@ def print_concepts(root):
     print("|---|---|---|---|---|---|---|---|---|")
     for k, name in VARIANTS:
         r = rows[k]
-        cells = [mean_se([x[f] for x in r])[0] for f in ("esr", "whole", "hidden", "expression", "view",
+        cells = [cell([x[f] for x in r], 3) for f in ("esr", "whole", "hidden", "expression", "view",
                                                           "view_closeness", "leakage")]
         times = [x["seconds"] for x in r if x["identity"] in SOLO.get(k, {x["identity"] for x in r})]
         wall = f"{statistics.median(times):.0f} s" if times else ""
@@ -79,7 +72,7 @@ def print_concepts(root):
         cells = []
         for f in ("esr", "whole", "hidden", "expression", "view"):
             d = [x[f] - y[f] for x, y in zip(rows[a], rows[b])]
-            cells.append(mean_se(d)[0])
+            cells.append(cell(d, 3))
         print(f"| {name[a]} − {name[b]} | " + " | ".join(cells) + " |")
 
 

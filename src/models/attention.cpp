@@ -35,16 +35,11 @@ at::Tensor AttentionImpl::forward(const at::Tensor& input, const c10::optional<a
     return t.view({batch, tokens, options.heads, options.dim_head}).transpose(1, 2);
   };
   at::Tensor q = split_heads(to_q->forward(x), length);
-  at::Tensor k, v;
-  if (hook && context.has_value()) {
-    const auto [key_input, value_input] = hook->key_value_inputs(hook_path, source);
-    k = split_heads(to_k->forward(key_input), key_input.size(1));
-    v = split_heads(to_v->forward(value_input), value_input.size(1));
-    hook->observe(hook_path, *this, q, k);
-  } else {
-    k = split_heads(to_k->forward(source), source_length);
-    v = split_heads(to_v->forward(source), source_length);
-  }
+  const bool hooked = hook && context.has_value();
+  const auto [key_input, value_input] = hooked ? hook->key_value_inputs(hook_path, source) : std::pair{source, source};
+  at::Tensor k = split_heads(to_k->forward(key_input), key_input.size(1));
+  const at::Tensor v = split_heads(to_v->forward(value_input), value_input.size(1));
+  if (hooked) hook->observe(hook_path, *this, q, k);
   const auto dtype = q.scalar_type();
   const bool reduced = compat::is_reduced_float(dtype);
   if (options.upcast_attention && reduced) {

@@ -10,13 +10,16 @@
 
 namespace singleinsert {
 
-void validate_attention_layers(const std::string& which) {
-  if (which != "bottom" && which != "all")
-    throw Error(fmt::format("attention loss layers '{}': choose bottom or all", which));
+void validate_attention_loss_settings(double weight, const std::string& layers, const std::string& reference) {
+  if (!(weight >= 0)) throw Error("--attn-weight must not be negative");
+  if (layers != "bottom" && layers != "all")
+    throw Error(fmt::format("attention loss layers '{}': choose bottom or all", layers));
+  if (reference.find_first_of(" \t") != std::string::npos)
+    throw Error(fmt::format("attn_reference '{}' must be one word (or empty)", reference));
 }
 
 std::set<std::string> attention_loss_layers(UNet2DConditionModelImpl& unet, const std::string& which) {
-  validate_attention_layers(which);
+  validate_attention_loss_settings(0, which, "");
   const int bottom = bottom_stage(unet.config());
   std::set<std::string> paths;
   for (const auto& layer : cross_attention_layers(unet))

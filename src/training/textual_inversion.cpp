@@ -70,10 +70,7 @@ void EmbeddingInversionConfig::validate() const {
   if (method == "beyond-inserting") {
     if (num_vectors != 1) throw Error("beyond-inserting learns one identity embedding: num_vectors must be 1");
     if (reg_weight != 0) throw Error("reg_weight is Cross Initialization's; beyond-inserting has no pull towards its start");
-    if (!(attn_weight >= 0)) throw Error("attn_weight must not be negative");
-    validate_attention_layers(attn_layers);
-    if (attn_reference.find_first_of(" \t") != std::string::npos)
-      throw Error(fmt::format("attn_reference '{}' must be one word (or empty)", attn_reference));
+    validate_attention_loss_settings(attn_weight, attn_layers, attn_reference);
   }
   if (steps < 0 || batch < 1 || !(learning_rate > 0))
     throw Error(fmt::format("steps {} must be >= 0, batch {} >= 1 and the learning rate {} > 0", steps, batch,

@@ -61,8 +61,7 @@ class SingleInsertTrainer::Stage : public TrainingMethod {
     if (t_.config_.attn_weight > 0) {
       if (!t_.reference_states_.defined()) throw Error("--attn-weight needs the reference prompt (set_attention_reference)");
       const auto positions = at::TensorOptions().dtype(at::kLong).device(device);
-      attention.emplace(attention_loss_layers(*t_.base_.unet, t_.config_.attn_layers),
-                        t_.reference_states_.expand({batch, -1, -1}), at::full({batch}, 1, positions),
+      attention.emplace(t_.attention_layers_, t_.reference_states_.expand({batch, -1, -1}), at::full({batch}, 1, positions),
                         at::full({batch}, t_.class_position_, positions));
       settings.star_hook = &*attention;
     }
@@ -120,6 +119,7 @@ void SingleInsertTrainer::set_attention_reference(const at::Tensor& reference_id
   LoraDisabled frozen(lora_.get());
   reference_states_ = base_.text_encoder->forward(reference_ids.to(base_.device)).last_hidden_state.to(at::kFloat);
   class_position_ = class_position;
+  attention_layers_ = attention_loss_layers(*base_.unet, config_.attn_layers);
 }
 
 void SingleInsertTrainer::run_stage(int stage, const TrainingCallbacks& callbacks, const TrainingState* resume,

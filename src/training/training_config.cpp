@@ -132,10 +132,7 @@ void TrainingConfig::validate() const {
   if (checkpoint_every < 0) throw Error("--checkpoint-every must not be negative");
   if (encoder_normalization != "half" && encoder_normalization != "clip")
     throw Error(fmt::format("encoder_normalization '{}' is not half or clip", encoder_normalization));
-  if (!(attn_weight >= 0)) throw Error("--attn-weight must not be negative");
-  validate_attention_layers(attn_layers);
-  if (attn_reference.find_first_of(" \t") != std::string::npos)
-    throw Error(fmt::format("attn_reference '{}' must be one word (or empty)", attn_reference));
+  validate_attention_loss_settings(attn_weight, attn_layers, attn_reference);
   encoder.validate();
 }
 

@@ -5,8 +5,8 @@
 
 #include <map>
 #include <memory>
-#include <vector>
 #include <string>
+#include <vector>
 
 #include "singleinsert/core/json_config.h"
 #include "singleinsert/models/clip_text_model.h"

@@ -24,7 +24,8 @@ namespace singleinsert {
 // The attention loss's layers: "bottom" (the lowest-resolution stage: SD v1.5's 16x16 and 8x8
 // layers, where cross-attention maps are most semantic) or "all".
 std::set<std::string> attention_loss_layers(UNet2DConditionModelImpl& unet, const std::string& which);
-void validate_attention_layers(const std::string& which);
+// The settings every method with the loss shares: a weight >= 0, bottom or all, one word or none.
+void validate_attention_loss_settings(double weight, const std::string& layers, const std::string& reference);
 
 // mean over heads of softmax(q k^T * scale) at key `positions[b]` for each row b:
 // q [B, H, Lq, D], k [B, H, Lk, D], positions [B] int64 -> [B, Lq] float32.

@@ -9,7 +9,6 @@
 // once per stage and branch, and the UNet's cross-attention layers are hooked for the pass.
 #include <ATen/core/Tensor.h>
 
-#include <memory>
 #include <optional>
 #include <set>
 #include <string>

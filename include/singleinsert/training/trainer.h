@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,7 @@ class SingleInsertTrainer {
   at::Tensor posterior_mean_, posterior_std_;  // computed once: the source's latent distribution
   at::Tensor reference_states_;                // [1, L, D]: the attention loss's reference prompt
   int64_t class_position_ = 0;
+  std::set<std::string> attention_layers_;     // the layers the attention loss reads
   NoiseSchedule schedule_;
   std::shared_ptr<LoraNetwork> lora_;
   std::vector<StepRecord> history_;
