@@ -130,6 +130,23 @@ TEST(Trainer, StagesChangeOnlyTheirOwnWeightsAndAreDeterministic) {
   for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].loss, second->history()[i].loss);
 }
 
+TEST(Trainer, EmbeddingMaxNormBoundsTheEmbeddingItTrainsAndWrites) {
+  TinyRun run;
+  const double unbounded = run.trainer()->embedding().norm().item<double>();
+  run.config.embedding_max_norm = 0.5 * unbounded;
+  auto bounded = run.trainer();
+  EXPECT_NEAR(bounded->embedding().norm().item<double>(), 0.5 * unbounded, 1e-5 * unbounded);
+  bounded->run_stage(1, {});
+  EXPECT_LE(bounded->embedding().norm().item<double>(), 0.5 * unbounded * (1 + 1e-5));
+  // Recorded with the run, refused when negative; absent (as before it existed) when off.
+  TrainingConfig reread;
+  reread.apply_json(run.config.to_json(), "test");
+  EXPECT_EQ(reread.embedding_max_norm, run.config.embedding_max_norm);
+  EXPECT_EQ(TrainingConfig().to_json().find("embedding_max_norm"), std::string::npos);
+  run.config.embedding_max_norm = -1;
+  EXPECT_THROW(run.config.validate(), Error);
+}
+
 TEST(Trainer, ResumingAfterAnInterruptReproducesTheUninterruptedRun) {
   TinyRun run;
   auto reference = run.trainer();

@@ -352,7 +352,7 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
         at::Generator generator = make_cpu_generator(step_seed(config.seed, phase, step));
         const CaptionedBatch batch = source(
             (phase == kVaePhase ? 0 : uint64_t{1} << 48) + static_cast<uint64_t>(step) * settings.batch_size,
-            settings.batch_size);
+            settings.batch_size, phase == kDiffusionPhase && config.detail_weight > 0);
         optimizer.set_lr(settings.lr_at(step));
         const at::Tensor loss = loss_of(batch, generator);
         const double value = loss.item<double>();
@@ -397,7 +397,7 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
       // Unit-variance latents, as SD's 0.18215 does for its VAE: measured on examples no phase uses.
       at::NoGradGuard no_grad;
       vae->eval();
-      const CaptionedBatch probe = source(uint64_t{1} << 62, 64);
+      const CaptionedBatch probe = source(uint64_t{1} << 62, 64, false);
       state.scaling_factor = 1.0 / vae->encode(probe.images.to(device)).mean.std().item<double>();
       state.phase = kDiffusionPhase;
       state.step = 0;

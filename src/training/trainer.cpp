@@ -48,7 +48,7 @@ class SingleInsertTrainer::Stage : public TrainingMethod {
     inputs.timesteps = at::randint(0, t_.schedule_.num_train_timesteps(), {batch}, generator, at::kLong).to(device);
     inputs.z0 = (mean + t_.posterior_std_ * vae_noise) * scaling;
     inputs.mask = t_.mask_;
-    inputs.star = t_.encoder_->forward(t_.cond_pixels_).image_embeds[0];  // one encoder pass, shared by the batch (fp32)
+    inputs.star = t_.bounded(t_.encoder_->forward(t_.cond_pixels_).image_embeds[0]);  // one pass, shared by the batch (fp32)
     inputs.star_ids = t_.trigger_ids_;
     inputs.class_ids = t_.class_ids_;
 
@@ -151,10 +151,17 @@ void SingleInsertTrainer::run_stage(int stage, const TrainingCallbacks& callback
   else history_.insert(history_.end(), records.begin(), records.end());
 }
 
+at::Tensor SingleInsertTrainer::bounded(const at::Tensor& embedding) const {
+  const double max_norm = config_.embedding_max_norm;
+  if (max_norm <= 0) return embedding;
+  // Scaled, not clipped per element: the direction is kept, and the gradient reaches the norm too.
+  return embedding * (max_norm / embedding.norm(2, -1, true).clamp_min(max_norm));
+}
+
 at::Tensor SingleInsertTrainer::embedding() {
   at::NoGradGuard no_grad;
   encoder_->eval();
-  const at::Tensor embedding = encoder_->forward(cond_pixels_).image_embeds.cpu();  // [1, D]
+  const at::Tensor embedding = bounded(encoder_->forward(cond_pixels_).image_embeds).cpu();  // [1, D]
   encoder_->train();
   return embedding;
 }

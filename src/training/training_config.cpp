@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -63,7 +64,8 @@ void TrainingConfig::apply_json(const std::string& text, const std::string& orig
   static const char* known[] = {"description", "method", "resolution", "stage1", "stage2", "bg_weight", "sm_weight",
                                 "sm_reference", "lora_rank", "lora_alpha", "beta1", "beta2", "adam_eps",
                                 "weight_decay", "max_grad_norm", "seed", "checkpoint_every", "encoder",
-                                "encoder_normalization", "attn_weight", "attn_layers", "attn_reference"};
+                                "encoder_normalization", "attn_weight", "attn_layers", "attn_reference",
+                                "embedding_max_norm"};
   for (const auto& [key, value] : json.items())
     if (std::find(std::begin(known), std::end(known), key) == std::end(known))
       throw Error(fmt::format("{}: unknown training setting '{}'", origin, key));
@@ -86,6 +88,7 @@ void TrainingConfig::apply_json(const std::string& text, const std::string& orig
   read(json, "attn_weight", attn_weight, origin);
   read(json, "attn_layers", attn_layers, origin);
   read(json, "attn_reference", attn_reference, origin);
+  read(json, "embedding_max_norm", embedding_max_norm, origin);
   if (json.contains("encoder")) {
     const auto& e = json["encoder"];
     read(e, "image_size", encoder.image_size, origin);
@@ -118,6 +121,7 @@ std::string TrainingConfig::to_json() const {
     json["attn_layers"] = attn_layers;
     json["attn_reference"] = attn_reference;
   }
+  if (embedding_max_norm > 0) json["embedding_max_norm"] = embedding_max_norm;
   return json.dump(2);
 }
 
@@ -128,6 +132,8 @@ void TrainingConfig::validate() const {
   if (resolution < 8) throw Error(fmt::format("--resolution {} is too small", resolution));
   if (lora_rank < 1) throw Error(fmt::format("--lora-rank must be at least 1, got {}", lora_rank));
   if (bg_weight < 0 || sm_weight < 0) throw Error("loss weights must not be negative");
+  if (!(embedding_max_norm >= 0 && std::isfinite(embedding_max_norm)))
+    throw Error(fmt::format("embedding_max_norm must be 0 (off) or a positive number, got {}", embedding_max_norm));
   if (max_grad_norm <= 0) throw Error("max_grad_norm must be positive");
   if (checkpoint_every < 0) throw Error("--checkpoint-every must not be negative");
   if (encoder_normalization != "half" && encoder_normalization != "clip")

@@ -304,10 +304,10 @@ WorldSample render(const Scene& scene, int size) {
   return sample;
 }
 
-at::Tensor detail_regions(const Scene& scene, int size) {
+at::Tensor detail_regions(const Scene& scene, const at::Tensor& drawn) {
+  const int size = static_cast<int>(drawn.size(0));
   at::Tensor regions = at::zeros({size, size}, at::kFloat);
   if (scene.subject != Subject::kFace) return regions;
-  const at::Tensor drawn = render(scene, size).image;
   std::vector<Scene> variants;
   for (int expression = 0; expression < static_cast<int>(kExpressions.size()); ++expression)
     if (expression != scene.expression) {

@@ -169,9 +169,8 @@ void add_train_base_command(CLI::App& app) {
     const int resolution = config.resolution;
     // Example i of the stream is world scene i, rendered at the training resolution, with a
     // caption that leaves out some of what the full caption says, and where its small details are
-    // when the run weights them.
-    const bool with_details = config.detail_weight > 0;
-    const CaptionedSource source = [resolution, with_details](uint64_t first, int count) {
+    // when the phase weights them.
+    const CaptionedSource source = [resolution](uint64_t first, int count, bool with_details) {
       CaptionedBatch batch;
       std::vector<at::Tensor> images, details;
       for (int i = 0; i < count; ++i) {
@@ -179,7 +178,7 @@ void add_train_base_command(CLI::App& app) {
         const world::Scene scene = world::sample_scene(index);
         const world::WorldSample sample = world::render(scene, resolution);
         images.push_back(sample.image.permute({2, 0, 1}).to(at::kFloat) / 127.5 - 1.0);
-        if (with_details) details.push_back(world::detail_regions(scene, resolution).unsqueeze(0));
+        if (with_details) details.push_back(world::detail_regions(scene, sample.image).unsqueeze(0));
         batch.captions.push_back(world::caption(scene, world::training_caption_parts(scene, index)));
       }
       batch.images = at::stack(images);

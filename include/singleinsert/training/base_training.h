@@ -72,8 +72,9 @@ struct CaptionedBatch {
   at::Tensor detail;  // float32 [B, 1, R, R] in [0, 1], CPU: the small details' regions; read when
                       // detail_weight > 0 (undefined: none)
 };
-// Returns `count` examples starting at example `first` of an endless, deterministic stream.
-using CaptionedSource = std::function<CaptionedBatch(uint64_t first, int count)>;
+// Returns `count` examples starting at example `first` of an endless, deterministic stream, with
+// their detail regions when `with_details` (only the weighted diffusion phase reads them).
+using CaptionedSource = std::function<CaptionedBatch(uint64_t first, int count, bool with_details)>;
 
 struct BaseTrainingSummary {
   double vae_loss_first = 0, vae_loss_last = 0;              // means over the first / last 10% of steps

@@ -46,6 +46,7 @@ class SingleInsertTrainer {
 
  private:
   class Stage;
+  at::Tensor bounded(const at::Tensor& embedding) const;  // config embedding_max_norm applied
   BaseModel base_;
   ClipVisionModel encoder_;
   TrainingConfig config_;

@@ -26,6 +26,9 @@ struct TrainingConfig {
   double attn_weight = 0;
   std::string attn_layers = "bottom";
   std::string attn_reference = "person";
+  // > 0: the encoder's embedding is scaled down to at most this L2 norm, in training and in the
+  // concept (0: unbounded, as the paper and the authors' code leave it).
+  double embedding_max_norm = 0;
   int lora_rank = 4;
   double lora_alpha = 4.0;  // alpha = rank: the update is up(down(x)) unscaled, as train.py trains it
   double beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 1e-2;

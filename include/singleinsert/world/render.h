@@ -24,8 +24,9 @@ WorldSample render(const Scene& scene, int size = 256);
 // Where the scene's small captioned details are drawn: float32 [S, S], 1 on every pixel that a
 // render with another expression, or with the earrings toggled, would change (the mouth, brows
 // and eyes of every expression, both earrings), 0 elsewhere and everywhere on a cup subject.
+// `drawn` is render(scene, S).image, which the caller has already made.
 // Base training weights these regions up (diffusion.detail_weight): a few latent positions
 // otherwise carry too little of the loss for the words that draw them to be learned.
-at::Tensor detail_regions(const Scene& scene, int size);
+at::Tensor detail_regions(const Scene& scene, const at::Tensor& drawn);
 
 }  // namespace singleinsert::world
