@@ -437,6 +437,24 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
   EXPECT_NE(unet_of("details"), unet_of("plain"));
   EXPECT_GT(first_loss("details"), 1.01 * first_loss("plain"));
   EXPECT_LT(first_loss("details"), 2.0 * first_loss("plain"));
+  // --init-vae takes the VAE alone: the text encoder and UNet start fresh, so the first loss is a
+  // fresh model's, far above the trained one's.
+  const auto fresh = testing::run_cli(
+      {"train-base", "--config", dir + "/plain.json", "--init-vae", dir + "/model", "--out", dir + "/fresh"});
+  ASSERT_EQ(fresh.exit_code, 0) << fresh.err;
+  EXPECT_EQ(read_file(dir + "/fresh/vae/diffusion_pytorch_model.safetensors"),
+            read_file(dir + "/model/vae/diffusion_pytorch_model.safetensors"));
+  const nlohmann::json fresh_record = nlohmann::json::parse(read_file(dir + "/fresh/train_base.json"));
+  EXPECT_EQ(fresh_record.at("vae_from").at("vae"), record.at("vae"));
+  EXPECT_FALSE(fresh_record.contains("continued_from"));
+  EXPECT_TRUE(fresh_record.at("config").at("init_vae_only").get<bool>());
+  EXPECT_DOUBLE_EQ(fresh_record.at("scaling_factor").get<double>(), record.at("scaling_factor").get<double>());
+  EXPECT_GT(first_loss("fresh"), 1.5 * first_loss("plain"));
+  const auto both = testing::run_cli({"train-base", "--config", dir + "/plain.json", "--init", dir + "/model",
+                                      "--init-vae", dir + "/model", "--out", dir + "/both"});
+  EXPECT_NE(both.exit_code, 0);
+  EXPECT_NE(both.err.find("excludes"), std::string::npos) << both.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/both"));
   nlohmann::json wider = nlohmann::json::parse(std::ifstream(dir + "/plain.json"));
   wider["unet"]["block_out_channels"] = {64, 64};
   std::ofstream(dir + "/wider.json") << wider.dump();

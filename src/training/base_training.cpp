@@ -198,6 +198,7 @@ void BaseTrainingConfig::validate() const {
   if (ema_decay < 0 || ema_decay >= 1) throw Error("train-base: ema_decay must be in [0, 1)");
   if (min_snr_gamma < 0) throw Error("train-base: min_snr_gamma must be >= 0");
   if (noise_offset < 0 || noise_offset > 1) throw Error("train-base: noise_offset must be in [0, 1]");
+  if (init_vae_only && init_model.empty()) throw Error("train-base: --init-vae needs a model folder");
   if (coarse_noise < 0 || coarse_noise > 1) throw Error("train-base: coarse_noise must be in [0, 1]");
   if (!(detail_weight >= 0 && detail_weight <= 100)) throw Error("train-base: detail_weight must be in [0, 100]");
   if (precision != "fp32" && precision != "bf16")
@@ -225,6 +226,7 @@ std::string BaseTrainingConfig::to_json() const {
                       {"unet", nlohmann::json::parse(unet_config)},
                       {"text_encoder", nlohmann::json::parse(text_encoder_config)}};
   if (!init_model.empty()) json["init_model"] = init_model;
+  if (init_vae_only) json["init_vae_only"] = true;
   return json.dump();
 }
 
@@ -284,8 +286,10 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
         load_state_dict(to, weights, config.init_model + "/" + part);
       };
       copy_from(*vae, *init->vae, "vae");
-      copy_from(*text_encoder, *init->text_encoder, "text_encoder");
-      copy_from(*unet, *init->unet, "unet");
+      if (!config.init_vae_only) {
+        copy_from(*text_encoder, *init->text_encoder, "text_encoder");
+        copy_from(*unet, *init->unet, "unet");
+      }
       state.scaling_factor = init->vae->config().scaling_factor;
       state.phase = kDiffusionPhase;
     }
@@ -477,10 +481,11 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
         {"device", device.str()},
         {"threads", at::get_num_threads()},
         {"torch", TORCH_VERSION}};
-    // A continued run carries the record of the run it started from, so the model says all of its history.
+    // A continued run carries the record of the run it started from, so the model says all of its
+    // history; a run that took only the VAE carries the record of the run that trained it.
     const fs::path init_record = fs::path(config.init_model) / "train_base.json";
     if (!config.init_model.empty() && fs::exists(init_record))
-      record["continued_from"] = nlohmann::json::parse(read_file(init_record.string()));
+      record[config.init_vae_only ? "vae_from" : "continued_from"] = nlohmann::json::parse(read_file(init_record.string()));
     write_file_atomic((staging / "train_base.json").string(), record.dump(2));
   });
   std::error_code ignored;

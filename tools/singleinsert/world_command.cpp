@@ -119,7 +119,7 @@ void add_world_command(CLI::App& app) {
 
 void add_train_base_command(CLI::App& app) {
   struct Args {
-    std::string config, out, device = "auto", save_dtype = "fp16", snapshot, init;
+    std::string config, out, device = "auto", save_dtype = "fp16", snapshot, init, init_vae;
     std::optional<int> vae_steps, steps, batch_size, checkpoint_every;
     std::optional<uint64_t> seed;
     bool resume = false;
@@ -141,6 +141,11 @@ void add_train_base_command(CLI::App& app) {
                       "Start from this model folder (same architecture): its VAE as it is, its text encoder and UNet "
                       "trained on by the diffusion phase")
       ->check(CLI::ExistingDirectory);
+  command->add_option("--init-vae", args->init_vae,
+                      "Take only this model folder's VAE and latent scaling factor; the text encoder and UNet start "
+                      "fresh (the VAE phase is skipped)")
+      ->check(CLI::ExistingDirectory)
+      ->excludes("--init");
   command->add_option("--snapshot", args->snapshot,
                       "Instead of training, write the checkpoint beside --out as a model folder here (the run may "
                       "still be going)");
@@ -153,7 +158,8 @@ void add_train_base_command(CLI::App& app) {
     if (args->batch_size) config.diffusion.batch_size = *args->batch_size;
     if (args->seed) config.seed = *args->seed;
     if (args->checkpoint_every) config.checkpoint_every = *args->checkpoint_every;
-    config.init_model = args->init;
+    config.init_model = args->init_vae.empty() ? args->init : args->init_vae;
+    config.init_vae_only = !args->init_vae.empty();
     config.validate();
     if (args->save_dtype != "fp16" && args->save_dtype != "fp32")
       throw Error("--save-dtype must be fp16 or fp32, not '" + args->save_dtype + "'");

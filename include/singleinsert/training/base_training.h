@@ -50,6 +50,9 @@ struct BaseTrainingConfig {
   // A model folder to start from (its VAE and scaling factor, frozen; its text encoder and UNet
   // as the diffusion phase's starting weights): the VAE phase is skipped. Empty: from scratch.
   std::string init_model;
+  // With init_model: take only its VAE and scaling factor; the text encoder and UNet start fresh,
+  // so a new diffusion recipe can be run without retraining the VAE (or what reads its images).
+  bool init_vae_only = false;
   std::string precision = "fp32";  // or "bf16": autocast for the forward passes, float32 weights
   int checkpoint_every = 250;      // steps; also written on Ctrl-C
   // The components' config.json texts (diffusers / transformers keys); the text encoder's
