@@ -138,8 +138,11 @@ def main():
               "nearer to its source than to each of 9 other identities in the same scene):\n")
         print("| subjects named by | success | both recognised | face recognised | cup recognised | edits obeyed |")
         print("|---|---|---|---|---|---|")
-        for row, name in (("concepts", "the two concepts (II: L_fg + L_bg + L_sm)"), ("words", "words")):
-            c = [x[row] for x in composes]
+        for row, name in (("renders", "the wanted scenes, rendered"), ("vae_ceiling", "the same through the VAE"),
+                          ("concepts", "the two concepts (II: L_fg + L_bg + L_sm)"), ("words", "words")):
+            c = [x[row] for x in composes if row in x]
+            if not c:
+                continue
             print(f"| {name} | " + " | ".join(cell([x[k] for x in c], 3) for k in
                                                ("success", "both_recognised", "face_recognised", "cup_recognised",
                                                 "edits_obeyed")) + " |")

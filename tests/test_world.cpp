@@ -754,6 +754,15 @@ TEST(WorldModel, TwoConceptsLearnedApartComposeInOnePrompt) {
   }
   EXPECT_NE(figures.at("concepts").at("example_prompt").get<std::string>().find("* face next to a & cup"),
             std::string::npos);
+  // The ceilings: the wanted scenes themselves are recognised, both subjects, every time (each is
+  // its own reference); through the VAE they are read from one image per scene.
+  EXPECT_EQ(figures.at("renders").at("images"), 5);
+  EXPECT_EQ(figures.at("renders").at("both_recognised").get<double>(), 1.0);
+  EXPECT_EQ(figures.at("vae_ceiling").at("images"), 5);
+  for (const char* share : {"success", "both_recognised", "face_recognised", "cup_recognised", "edits_obeyed"}) {
+    EXPECT_GE(figures.at("vae_ceiling").at(share).get<double>(), 0.0) << share;
+    EXPECT_LE(figures.at("vae_ceiling").at(share).get<double>(), 1.0) << share;
+  }
   // The same trigger twice is refused.
   const auto clash = testing::run_cli(
       {"eval", "compose", "--model", model, "--detector", kWorldAssets + "/world_detector.safetensors", "--concept",

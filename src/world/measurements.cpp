@@ -35,6 +35,15 @@ at::Tensor draw(ModelBundle& bundle, const std::vector<std::string>& prompts, in
   return at::cat(pixels);
 }
 
+at::Tensor through_model_vae(ModelBundle& bundle, const std::vector<Scene>& scenes, int size) {
+  at::NoGradGuard no_grad;
+  std::vector<at::Tensor> renders;
+  for (const Scene& scene : scenes) renders.push_back(to_model_input(render(scene, size).image));
+  const auto dtype = bundle.vae->encoder->conv_in->weight.scalar_type();
+  const at::Tensor x = at::stack(renders).to(bundle.execution.device, dtype);  // [N, 3, S, S]
+  return to_pixels(bundle.vae->decode(bundle.vae->encode(x).mean).to(at::kFloat).cpu());
+}
+
 std::vector<std::string> editing_prompts(const Scene& source, const std::vector<EditList>& edits,
                                          const std::string& subject_words) {
   std::vector<std::string> prompts;
@@ -68,13 +77,9 @@ nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shar
   if (!cup) floors["text_novel_view"] = row(novel_view_edits(), words);
 
   {  // VAE ceiling: the edited scenes with the source's identity, encoded and decoded.
-    at::NoGradGuard no_grad;
-    std::vector<at::Tensor> renders;
-    for (const auto& edit : edits) renders.push_back(to_model_input(render(edited_scene(source, edit), settings.draw.size).image));
-    const auto dtype = bundle.vae->encoder->conv_in->weight.scalar_type();
-    const at::Tensor x = at::stack(renders).to(bundle.execution.device, dtype);
-    const at::Tensor decoded = bundle.vae->decode(bundle.vae->encode(x).mean).to(at::kFloat).cpu();  // [10, 3, S, S]
-    floors["vae_ceiling"] = to_json(reference.score(edits, to_pixels(decoded)));
+    std::vector<Scene> scenes;
+    for (const auto& edit : edits) scenes.push_back(edited_scene(source, edit));
+    floors["vae_ceiling"] = to_json(reference.score(edits, through_model_vae(bundle, scenes, settings.draw.size)));
   }
   if (settings.overfit_steps > 0) {  // a fresh copy of the model whose UNet learns the source image and caption
     std::shared_ptr<ModelBundle> overfit = fresh_model();

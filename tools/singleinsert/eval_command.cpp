@@ -373,15 +373,14 @@ void add_compose(CLI::App& eval) {
       scene.cup_identity = cup.cup_identity;
       wanted.push_back(scene);
     }
-    auto score = [&](const std::string& face_words, const std::string& cup_words, const std::string& images_dir) {
-      std::vector<std::string> prompts;
-      for (const auto& edit : edits) prompts.push_back(world::editing_prompt(face, edit, face_words, cup_words));
-      const at::Tensor images = world::draw(*bundle, prompts, args->seeds, draw_settings(*args));
+    // Reads images, `per_scene` in a row for each wanted scene: is each identity recognised, each
+    // edit obeyed?
+    auto read = [&](const at::Tensor& images, int per_scene) {
       const std::vector<world::Detection> found = world::detect(detector, images);
       const std::vector<int64_t> before = world::attribute_labels(face);
       int both = 0, faces = 0, cups = 0, edited = 0, all = 0;
       for (size_t i = 0; i < found.size(); ++i) {
-        const world::Scene& scene = wanted[i / static_cast<size_t>(args->seeds)];
+        const world::Scene& scene = wanted[i / static_cast<size_t>(per_scene)];
         const bool face_ok =
             world::recognised(detector, found[i], scene, world::Subject::kFace, args->gallery, kGalleryIdentities);
         const bool cup_ok =
@@ -396,25 +395,40 @@ void add_compose(CLI::App& eval) {
         edited += obeyed;
         both += face_ok && cup_ok;
         all += face_ok && cup_ok && obeyed;
-        if (!images_dir.empty()) {
-          fs::create_directories(images_dir);
-          write_file_atomic((fs::path(images_dir) / fmt::format("{:04}.png", i)).string(),
-                            encode_png(images[static_cast<int64_t>(i)],
-                                       {{"prompt", prompts[i / static_cast<size_t>(args->seeds)]}}));
-        }
       }
       const double n = static_cast<double>(found.size());
-      return nlohmann::json{{"success", all / n},          {"both_recognised", both / n}, {"face_recognised", faces / n},
-                            {"cup_recognised", cups / n},  {"edits_obeyed", edited / n}, {"generations", found.size()},
-                            {"example_prompt", prompts.back()}};
+      return nlohmann::json{{"success", all / n},         {"both_recognised", both / n}, {"face_recognised", faces / n},
+                            {"cup_recognised", cups / n}, {"edits_obeyed", edited / n}};
     };
+    auto score = [&](const std::string& face_words, const std::string& cup_words, const std::string& images_dir) {
+      std::vector<std::string> prompts;
+      for (const auto& edit : edits) prompts.push_back(world::editing_prompt(face, edit, face_words, cup_words));
+      const at::Tensor images = world::draw(*bundle, prompts, args->seeds, draw_settings(*args));
+      for (int64_t i = 0; !images_dir.empty() && i < images.size(0); ++i) {
+        fs::create_directories(images_dir);
+        write_file_atomic((fs::path(images_dir) / fmt::format("{:04}.png", i)).string(),
+                          encode_png(images[i], {{"prompt", prompts[static_cast<size_t>(i / args->seeds)]}}));
+      }
+      nlohmann::json scored = read(images, args->seeds);
+      scored["generations"] = images.size(0);
+      scored["example_prompt"] = prompts.back();
+      return scored;
+    };
+    // What the detector reads of the wanted scenes themselves, rendered, and through the model's
+    // VAE: the ceilings a composition is judged against.
+    const int size = draw_settings(*args).size;
+    std::vector<at::Tensor> renders;
+    for (const world::Scene& scene : wanted) renders.push_back(world::render(scene, size).image);
     nlohmann::json record;
+    record["renders"] = read(at::stack(renders), 1);
+    record["vae_ceiling"] = read(world::through_model_vae(*bundle, wanted, size), 1);
+    record["renders"]["images"] = record["vae_ceiling"]["images"] = wanted.size();
     record["words"] = score(world::identity_words(face.face), world::kObjectColours[cup.cup_identity.colour] + " cup", "");
     const AppliedConcepts concepts = apply_concepts(
         *bundle, {parse_concept_request(args->face_concept), parse_concept_request(args->cup_concept)});
     record["concepts"] = score(concepts.triggers.at(0) + " face", concepts.triggers.at(1) + " cup", args->images);
     record["gallery"] = args->gallery;
-    for (const char* row : {"concepts", "words"})
+    for (const char* row : {"concepts", "words", "vae_ceiling", "renders"})
       for (const char* figure : {"success", "both_recognised", "face_recognised", "cup_recognised", "edits_obeyed"})
         std::printf("%s_%s\t%.4f\n", row, figure, record[row][figure].get<double>());
     if (!args->json.empty()) write_file_atomic(args->json, record.dump(2) + "\n");
