@@ -66,6 +66,10 @@ def main():
         compose_path = os.path.join(folder, "compose.json")
         if os.path.exists(compose_path):
             composes.append(load(compose_path))
+            # Ceilings measured apart (eval compose --ceilings-only) for a compose.json made without them.
+            ceilings_path = os.path.join(folder, "compose-ceilings.json")
+            if os.path.exists(ceilings_path):
+                composes[-1] = {**load(ceilings_path), **composes[-1]}
 
     n = max((len(v) for v in rows.values()), default=0)
     print(f"{len(identities)} identities ({n} with every variant scored)\n")

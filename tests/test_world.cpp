@@ -763,6 +763,21 @@ TEST(WorldModel, TwoConceptsLearnedApartComposeInOnePrompt) {
     EXPECT_GE(figures.at("vae_ceiling").at(share).get<double>(), 0.0) << share;
     EXPECT_LE(figures.at("vae_ceiling").at(share).get<double>(), 1.0) << share;
   }
+  // --ceilings-only measures the same ceilings without the concepts or any generation.
+  const auto ceilings = testing::run_cli(
+      {"eval", "compose", "--model", model, "--detector", kWorldAssets + "/world_detector.safetensors", "--source",
+       dir + "/face/samples.jsonl", "--cup-source", dir + "/cup/samples.jsonl", "--ceilings-only", "--json",
+       dir + "/ceilings.json"});
+  ASSERT_EQ(ceilings.exit_code, 0) << ceilings.err;
+  const nlohmann::json ceiling_figures = nlohmann::json::parse(std::ifstream(dir + "/ceilings.json"));
+  EXPECT_EQ(ceiling_figures.at("renders"), figures.at("renders"));
+  EXPECT_EQ(ceiling_figures.at("vae_ceiling"), figures.at("vae_ceiling"));
+  EXPECT_FALSE(ceiling_figures.contains("concepts"));
+  const auto no_concepts = testing::run_cli(
+      {"eval", "compose", "--model", model, "--detector", kWorldAssets + "/world_detector.safetensors", "--source",
+       dir + "/face/samples.jsonl", "--cup-source", dir + "/cup/samples.jsonl"});
+  EXPECT_NE(no_concepts.exit_code, 0);
+  EXPECT_NE(no_concepts.err.find("give --concept and --cup-concept"), std::string::npos) << no_concepts.err;
   // The same trigger twice is refused.
   const auto clash = testing::run_cli(
       {"eval", "compose", "--model", model, "--detector", kWorldAssets + "/world_detector.safetensors", "--concept",

@@ -346,23 +346,27 @@ void add_compose(CLI::App& eval) {
   struct Args : GenerationEvalArgs {
     std::string face_concept, cup_concept, face_source, cup_source;
     int gallery = 9;
+    bool ceilings_only = false;
   };
   auto args = std::make_shared<Args>();
   CLI::App* command = eval.add_subcommand(
       "compose", "Two concepts learned apart (a face and a cup) in one prompt: are both recognised, and the edits obeyed?");
   add_generation_eval_flags(command, *args);
-  command->add_option("--concept", args->face_concept, "The face concept, DIR[:TRIGGER]")->required();
-  command->add_option("--cup-concept", args->cup_concept, "The cup concept, DIR[:TRIGGER] (a trigger of its own)")
-      ->required();
+  command->add_option("--concept", args->face_concept, "The face concept, DIR[:TRIGGER]");
+  command->add_option("--cup-concept", args->cup_concept, "The cup concept, DIR[:TRIGGER] (a trigger of its own)");
   command->add_option("--source", args->face_source, "samples.jsonl of the face's source render")->required();
   command->add_option("--cup-source", args->cup_source, "samples.jsonl of the cup's source render")->required();
   command->add_option("--seeds", args->seeds, "Generations per prompt")->capture_default_str();
   command->add_option("--gallery", args->gallery, "Other identities each one is told apart from")->capture_default_str();
   command->add_option("--images", args->images, "Also write the generations to this folder");
+  command->add_flag("--ceilings-only", args->ceilings_only,
+                    "Only the ceilings, without generating: the wanted scenes rendered, and through the VAE");
   command->callback([args] {
     const world::Scene face = read_source_scene(args->face_source), cup = read_source_scene(args->cup_source);
     if (face.subject != world::Subject::kFace || cup.subject != world::Subject::kCup)
       throw Error("eval compose: --source must be a face render and --cup-source a cup render");
+    if (!args->ceilings_only && (args->face_concept.empty() || args->cup_concept.empty()))
+      throw Error("eval compose: give --concept and --cup-concept (or --ceilings-only)");
     world::WorldDetector detector = world::load_detector(args->detector);
     auto bundle = load_model_bundle(args->model.model, make_execution_options(args->device, "fp32"), args->model.sources);
     const std::vector<world::EditList> edits = {{"cup"}, {"cup", "sunglasses"}, {"cup", "hat"}, {"cup", "smiling"},
@@ -423,14 +427,18 @@ void add_compose(CLI::App& eval) {
     record["renders"] = read(at::stack(renders), 1);
     record["vae_ceiling"] = read(world::through_model_vae(*bundle, wanted, size), 1);
     record["renders"]["images"] = record["vae_ceiling"]["images"] = wanted.size();
-    record["words"] = score(world::identity_words(face.face), world::kObjectColours[cup.cup_identity.colour] + " cup", "");
-    const AppliedConcepts concepts = apply_concepts(
-        *bundle, {parse_concept_request(args->face_concept), parse_concept_request(args->cup_concept)});
-    record["concepts"] = score(concepts.triggers.at(0) + " face", concepts.triggers.at(1) + " cup", args->images);
+    if (!args->ceilings_only) {
+      record["words"] =
+          score(world::identity_words(face.face), world::kObjectColours[cup.cup_identity.colour] + " cup", "");
+      const AppliedConcepts concepts = apply_concepts(
+          *bundle, {parse_concept_request(args->face_concept), parse_concept_request(args->cup_concept)});
+      record["concepts"] = score(concepts.triggers.at(0) + " face", concepts.triggers.at(1) + " cup", args->images);
+    }
     record["gallery"] = args->gallery;
     for (const char* row : {"concepts", "words", "vae_ceiling", "renders"})
-      for (const char* figure : {"success", "both_recognised", "face_recognised", "cup_recognised", "edits_obeyed"})
-        std::printf("%s_%s\t%.4f\n", row, figure, record[row][figure].get<double>());
+      if (record.contains(row))
+        for (const char* figure : {"success", "both_recognised", "face_recognised", "cup_recognised", "edits_obeyed"})
+          std::printf("%s_%s\t%.4f\n", row, figure, record[row][figure].get<double>());
     if (!args->json.empty()) write_file_atomic(args->json, record.dump(2) + "\n");
   });
 }
