@@ -509,6 +509,9 @@ TEST(TrainBase, ResumesToTheSameWeightsAndTakesSnapshotsOnTheWay) {
   const auto drawn = testing::run_cli({"generate", "--model", dir + "/snapshot", "--prompt", "a photo of a face",
                                        "--steps", "2", "--out", dir + "/snapshot_images"});
   EXPECT_EQ(drawn.exit_code, 0) << drawn.err;
+  const nlohmann::json snapshot_record = nlohmann::json::parse(read_file(dir + "/snapshot/train_base.json"));
+  EXPECT_GT(snapshot_record.at("diffusion_step").get<int>(), 0);
+  EXPECT_TRUE(snapshot_record.contains("torch"));
 
   // Without --resume the interrupted run is not silently discarded; with it, it ends where the
   // uninterrupted run did, bit for bit, and the checkpoint goes.

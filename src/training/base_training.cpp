@@ -230,6 +230,18 @@ std::string BaseTrainingConfig::to_json() const {
   return json.dump();
 }
 
+namespace {
+
+// A continued run carries the record of the run it started from, so the model says all of its
+// history; a run that took only the VAE carries the record of the run that trained it.
+void add_init_history(const BaseTrainingConfig& config, nlohmann::json& record) {
+  const fs::path init_record = fs::path(config.init_model) / "train_base.json";
+  if (!config.init_model.empty() && fs::exists(init_record))
+    record[config.init_vae_only ? "vae_from" : "continued_from"] = nlohmann::json::parse(read_file(init_record.string()));
+}
+
+}  // namespace
+
 std::string base_checkpoint_path(const std::string& out_dir) {
   std::string path = fs::path(out_dir).lexically_normal().string();
   while (path.size() > 1 && path.back() == '/') path.pop_back();
@@ -481,11 +493,7 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
         {"device", device.str()},
         {"threads", at::get_num_threads()},
         {"torch", TORCH_VERSION}};
-    // A continued run carries the record of the run it started from, so the model says all of its
-    // history; a run that took only the VAE carries the record of the run that trained it.
-    const fs::path init_record = fs::path(config.init_model) / "train_base.json";
-    if (!config.init_model.empty() && fs::exists(init_record))
-      record[config.init_vae_only ? "vae_from" : "continued_from"] = nlohmann::json::parse(read_file(init_record.string()));
+    add_init_history(config, record);
     write_file_atomic((staging / "train_base.json").string(), record.dump(2));
   });
   std::error_code ignored;
@@ -518,12 +526,15 @@ void export_base_snapshot(const BaseTrainingConfig& config, const std::vector<st
     components.vae->set_scaling_factor(saved.at("scaling_factor").get<double>());
     write_model_parts(staging.string(), *components.text_encoder, *components.unet, *components.vae,
                       sd15_scheduler_config_json(), save_dtype);
-    const nlohmann::json record = {{"snapshot_of", checkpoint_path},
-                                   {"diffusion_step", saved.at("step")},
-                                   {"config", nlohmann::json::parse(config.to_json())},
-                                   {"scaling_factor", saved.at("scaling_factor")},
-                                   {"vae_seconds", saved.at("vae_seconds")},
-                                   {"diffusion_seconds", saved.at("diffusion_seconds")}};
+    nlohmann::json record = {{"snapshot_of", checkpoint_path},
+                             {"diffusion_step", saved.at("step")},
+                             {"config", nlohmann::json::parse(config.to_json())},
+                             {"scaling_factor", saved.at("scaling_factor")},
+                             {"vae_seconds", saved.at("vae_seconds")},
+                             {"diffusion_seconds", saved.at("diffusion_seconds")},
+                             {"threads", at::get_num_threads()},
+                             {"torch", TORCH_VERSION}};
+    add_init_history(config, record);
     write_file_atomic((staging / "train_base.json").string(), record.dump(2));
   });
 }
