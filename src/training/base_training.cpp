@@ -198,9 +198,9 @@ void BaseTrainingConfig::validate() const {
   if (ema_decay < 0 || ema_decay >= 1) throw Error("train-base: ema_decay must be in [0, 1)");
   if (min_snr_gamma < 0) throw Error("train-base: min_snr_gamma must be >= 0");
   if (noise_offset < 0 || noise_offset > 1) throw Error("train-base: noise_offset must be in [0, 1]");
-  if (init_vae_only && init_model.empty()) throw Error("train-base: --init-vae needs a model folder");
   if (coarse_noise < 0 || coarse_noise > 1) throw Error("train-base: coarse_noise must be in [0, 1]");
   if (!(detail_weight >= 0 && detail_weight <= 100)) throw Error("train-base: detail_weight must be in [0, 100]");
+  if (init_vae_only && init_model.empty()) throw Error("train-base: --init-vae needs a model folder");
   if (precision != "fp32" && precision != "bf16")
     throw Error("train-base: precision must be fp32 or bf16, not '" + precision + "'");
   if (checkpoint_every < 0) throw Error("train-base: checkpoint_every must be >= 0");

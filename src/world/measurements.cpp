@@ -35,12 +35,10 @@ at::Tensor draw(ModelBundle& bundle, const std::vector<std::string>& prompts, in
   return at::cat(pixels);
 }
 
-at::Tensor through_model_vae(ModelBundle& bundle, const std::vector<Scene>& scenes, int size) {
+at::Tensor through_model_vae(ModelBundle& bundle, const at::Tensor& pixels) {
   at::NoGradGuard no_grad;
-  std::vector<at::Tensor> renders;
-  for (const Scene& scene : scenes) renders.push_back(to_model_input(render(scene, size).image));
   const auto dtype = bundle.vae->encoder->conv_in->weight.scalar_type();
-  const at::Tensor x = at::stack(renders).to(bundle.execution.device, dtype);  // [N, 3, S, S]
+  const at::Tensor x = (pixels.permute({0, 3, 1, 2}).to(at::kFloat) / 127.5 - 1.0).to(bundle.execution.device, dtype);
   return to_pixels(bundle.vae->decode(bundle.vae->encode(x).mean).to(at::kFloat).cpu());
 }
 
@@ -77,9 +75,9 @@ nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shar
   if (!cup) floors["text_novel_view"] = row(novel_view_edits(), words);
 
   {  // VAE ceiling: the edited scenes with the source's identity, encoded and decoded.
-    std::vector<Scene> scenes;
-    for (const auto& edit : edits) scenes.push_back(edited_scene(source, edit));
-    floors["vae_ceiling"] = to_json(reference.score(edits, through_model_vae(bundle, scenes, settings.draw.size)));
+    std::vector<at::Tensor> renders;
+    for (const auto& edit : edits) renders.push_back(render(edited_scene(source, edit), settings.draw.size).image);
+    floors["vae_ceiling"] = to_json(reference.score(edits, through_model_vae(bundle, at::stack(renders))));
   }
   if (settings.overfit_steps > 0) {  // a fresh copy of the model whose UNet learns the source image and caption
     std::shared_ptr<ModelBundle> overfit = fresh_model();

@@ -424,8 +424,9 @@ void add_compose(CLI::App& eval) {
     std::vector<at::Tensor> renders;
     for (const world::Scene& scene : wanted) renders.push_back(world::render(scene, size).image);
     nlohmann::json record;
-    record["renders"] = read(at::stack(renders), 1);
-    record["vae_ceiling"] = read(world::through_model_vae(*bundle, wanted, size), 1);
+    const at::Tensor rendered = at::stack(renders);  // uint8 [5, S, S, 3]
+    record["renders"] = read(rendered, 1);
+    record["vae_ceiling"] = read(world::through_model_vae(*bundle, rendered), 1);
     record["renders"]["images"] = record["vae_ceiling"]["images"] = wanted.size();
     if (!args->ceilings_only) {
       record["words"] =

@@ -25,9 +25,9 @@ struct DrawSettings {
 // every call, so that rows differ only in their words; uint8 [P * per_prompt, S, S, 3].
 at::Tensor draw(ModelBundle& bundle, const std::vector<std::string>& prompts, int per_prompt, const DrawSettings& settings);
 
-// The scenes rendered and passed through the model's VAE (encoded to the posterior mean, decoded):
-// what the model's latents can carry of them at all; uint8 [N, S, S, 3].
-at::Tensor through_model_vae(ModelBundle& bundle, const std::vector<Scene>& scenes, int size);
+// Images passed through the model's VAE (encoded to the posterior mean, decoded): what the
+// model's latents can carry of them at all; uint8 [N, S, S, 3] in and out.
+at::Tensor through_model_vae(ModelBundle& bundle, const at::Tensor& pixels);
 
 std::vector<std::string> editing_prompts(const Scene& source, const std::vector<EditList>& edits,
                                          const std::string& subject_words);
