@@ -411,9 +411,12 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
   nlohmann::json with_details = with_offset;
   with_offset["diffusion"]["noise_offset"] = 0.5;
   std::ofstream(dir + "/offset.json") << with_offset.dump();
+  nlohmann::json with_late_steps = with_details;
   with_details["diffusion"]["detail_weight"] = 4.0;
   std::ofstream(dir + "/details.json") << with_details.dump();
-  for (const char* name : {"plain", "offset", "details"}) {
+  with_late_steps["diffusion"]["min_timestep"] = 900;
+  std::ofstream(dir + "/late.json") << with_late_steps.dump();
+  for (const char* name : {"plain", "offset", "details", "late"}) {
     const auto continued = testing::run_cli({"train-base", "--config", dir + "/" + name + ".json", "--init",
                                              dir + "/model", "--out", dir + "/" + name});
     ASSERT_EQ(continued.exit_code, 0) << continued.err;
@@ -437,6 +440,10 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
   EXPECT_NE(unet_of("details"), unet_of("plain"));
   EXPECT_GT(first_loss("details"), 1.01 * first_loss("plain"));
   EXPECT_LT(first_loss("details"), 2.0 * first_loss("plain"));
+  // min_timestep: the same batches and noise, at other (the noisiest) timesteps only.
+  EXPECT_NE(unet_of("late"), unet_of("plain"));
+  EXPECT_NE(first_loss("late"), first_loss("plain"));
+  EXPECT_EQ(nlohmann::json::parse(read_file(dir + "/late/train_base.json")).at("config").at("diffusion").at("min_timestep"), 900);
   // --init-vae takes the VAE alone: the text encoder and UNet start fresh, so the first loss is a
   // fresh model's, far above the trained one's.
   const auto fresh = testing::run_cli(
@@ -474,6 +481,13 @@ TEST(TrainBase, TrainsAModelThatGenerateLoads) {
   const auto bad = testing::run_cli({"train-base", "--config", dir + "/odd.json", "--out", dir + "/odd"});
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.err.find("not a multiple"), std::string::npos) << bad.err;
+  nlohmann::json past_the_schedule = nlohmann::json::parse(std::ifstream(config));
+  past_the_schedule["diffusion"]["min_timestep"] = 1000;
+  std::ofstream(dir + "/past.json") << past_the_schedule.dump();
+  const auto past = testing::run_cli({"train-base", "--config", dir + "/past.json", "--out", dir + "/past"});
+  EXPECT_NE(past.exit_code, 0);
+  EXPECT_NE(past.err.find("min_timestep must be in [0, 999]"), std::string::npos) << past.err;
+  EXPECT_FALSE(std::filesystem::exists(dir + "/past"));
   EXPECT_TRUE(std::filesystem::is_empty(dir) || !std::filesystem::exists(dir + "/odd"));
   for (const auto& entry : std::filesystem::directory_iterator(dir))
     EXPECT_EQ(entry.path().filename().string().find(".tmp-"), std::string::npos) << entry.path();

@@ -177,6 +177,7 @@ BaseTrainingConfig BaseTrainingConfig::from_json(const JsonConfig& config) {
     c.noise_offset = diffusion.value("noise_offset", c.noise_offset);
     c.coarse_noise = diffusion.value("coarse_noise", c.coarse_noise);
     c.detail_weight = diffusion.value("detail_weight", c.detail_weight);
+    c.min_timestep = diffusion.value("min_timestep", c.min_timestep);
     c.unet_config = json.at("unet").dump();
     c.text_encoder_config = json.at("text_encoder").dump();
     c.validate();
@@ -200,6 +201,7 @@ void BaseTrainingConfig::validate() const {
   if (noise_offset < 0 || noise_offset > 1) throw Error("train-base: noise_offset must be in [0, 1]");
   if (coarse_noise < 0 || coarse_noise > 1) throw Error("train-base: coarse_noise must be in [0, 1]");
   if (!(detail_weight >= 0 && detail_weight <= 100)) throw Error("train-base: detail_weight must be in [0, 100]");
+  if (min_timestep < 0 || min_timestep > 999) throw Error("train-base: min_timestep must be in [0, 999]");
   if (init_vae_only && init_model.empty()) throw Error("train-base: --init-vae needs a model folder");
   if (precision != "fp32" && precision != "bf16")
     throw Error("train-base: precision must be fp32 or bf16, not '" + precision + "'");
@@ -218,6 +220,7 @@ std::string BaseTrainingConfig::to_json() const {
   if (noise_offset > 0) diffusion_json["noise_offset"] = noise_offset;
   if (coarse_noise > 0) diffusion_json["coarse_noise"] = coarse_noise;
   if (detail_weight > 0) diffusion_json["detail_weight"] = detail_weight;
+  if (min_timestep > 0) diffusion_json["min_timestep"] = min_timestep;
   nlohmann::json json{{"resolution", resolution},
                       {"seed", seed},
                       {"precision", precision},
@@ -443,7 +446,8 @@ BaseTrainingSummary train_base_model(const BaseTrainingConfig& config, const std
         const at::Tensor noise = randn_like_torch(posterior.mean.sizes(), generator, device);
         latents = ((posterior.mean + posterior.std * noise) * state.scaling_factor).to(at::kFloat);
       }
-      const at::Tensor timesteps = at::randint(0, schedule.num_train_timesteps(), {count}, generator).to(device);
+      const at::Tensor timesteps =
+          at::randint(config.min_timestep, schedule.num_train_timesteps(), {count}, generator).to(device);
       at::Tensor noise = randn_like_torch(latents.sizes(), generator, device);
       const int64_t channels = latents.size(1), height = latents.size(2), width = latents.size(3);
       if (config.noise_offset > 0)

@@ -47,6 +47,10 @@ struct BaseTrainingConfig {
   // max-pooled to the latents) is weighted 1 + this, so that small captioned details, a mouth's
   // expression or earrings, are learned with the words that name them.
   double detail_weight = 0.0;
+  // > 0: timesteps are drawn from [min_timestep, 1000) instead of [0, 1000), so a continuation
+  // trains only the noisiest steps, where the layout (the subject's side) is decided from the
+  // caption; finer steps, and what they draw, are left as they are.
+  int min_timestep = 0;
   // A model folder to start from (its VAE and scaling factor, frozen; its text encoder and UNet
   // as the diffusion phase's starting weights): the VAE phase is skipped. Empty: from scratch.
   std::string init_model;
@@ -62,7 +66,7 @@ struct BaseTrainingConfig {
   // {"resolution", "seed", "precision", "checkpoint_every",
   //  "vae": {steps, batch_size, lr, weight_decay, warmup_steps, final_lr_fraction, kl_weight, config},
   //  "diffusion": {..., caption_dropout, ema_decay, min_snr_gamma, noise_offset, coarse_noise,
-  //                 detail_weight}, "unet": {...},
+  //                 detail_weight, min_timestep}, "unet": {...},
   //  "text_encoder": {...}}; init_model comes from the command line.
   static BaseTrainingConfig from_json(const JsonConfig& json);
   void validate() const;
