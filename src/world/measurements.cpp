@@ -11,8 +11,9 @@
 namespace singleinsert::world {
 namespace {
 
-at::Tensor to_model_input(const at::Tensor& pixels) {  // uint8 [S, S, 3] -> float [3, S, S] in [-1, 1]
-  return pixels.permute({2, 0, 1}).to(at::kFloat) / 127.5 - 1.0;
+// uint8 [..., S, S, 3] -> float [..., 3, S, S] in [-1, 1]
+at::Tensor to_model_input(const at::Tensor& pixels) {
+  return pixels.movedim(-1, -3).to(at::kFloat) / 127.5 - 1.0;
 }
 
 at::Tensor to_pixels(const at::Tensor& images) {  // float [N, 3, S, S] in [-1, 1] -> uint8 [N, S, S, 3]
@@ -38,7 +39,7 @@ at::Tensor draw(ModelBundle& bundle, const std::vector<std::string>& prompts, in
 at::Tensor through_model_vae(ModelBundle& bundle, const at::Tensor& pixels) {
   at::NoGradGuard no_grad;
   const auto dtype = bundle.vae->encoder->conv_in->weight.scalar_type();
-  const at::Tensor x = (pixels.permute({0, 3, 1, 2}).to(at::kFloat) / 127.5 - 1.0).to(bundle.execution.device, dtype);
+  const at::Tensor x = to_model_input(pixels).to(bundle.execution.device, dtype);  // [N, 3, S, S]
   return to_pixels(bundle.vae->decode(bundle.vae->encode(x).mean).to(at::kFloat).cpu());
 }
 
