@@ -206,11 +206,19 @@ void add_train_base_command(CLI::App& app) {
                          args->save_dtype == "fp16" ? at::kHalf : at::kFloat, report, args->resume);
     progress.finish();
     std::printf("%s\n", args->out.c_str());
-    std::fprintf(stderr,
-                 "vae: loss %.5f -> %.5f in %s; diffusion: loss %.5f -> %.5f in %s; latent scaling factor %.5f\n",
-                 summary.vae_loss_first, summary.vae_loss_last, format_duration(summary.vae_seconds).c_str(),
-                 summary.diffusion_loss_first, summary.diffusion_loss_last,
-                 format_duration(summary.diffusion_seconds).c_str(), summary.scaling_factor);
+    // A phase with no steps (the VAE under --init, the diffusion phase of a VAE-only run) is named
+    // as skipped rather than given a loss of zero.
+    const auto phase_line = [](const char* name, bool ran, double first, double last, double seconds) {
+      return ran ? fmt::format("{}: loss {:.5f} -> {:.5f} in {}", name, first, last, format_duration(seconds))
+                 : fmt::format("{}: skipped", name);
+    };
+    const bool vae_ran = config.init_model.empty() && config.vae.steps > 0;
+    std::fprintf(stderr, "%s; %s; latent scaling factor %.5f\n",
+                 phase_line("vae", vae_ran, summary.vae_loss_first, summary.vae_loss_last, summary.vae_seconds).c_str(),
+                 phase_line("diffusion", config.diffusion.steps > 0, summary.diffusion_loss_first,
+                            summary.diffusion_loss_last, summary.diffusion_seconds)
+                     .c_str(),
+                 summary.scaling_factor);
   });
 }
 
