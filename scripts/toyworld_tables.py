@@ -106,6 +106,21 @@ def main():
         print(f"| {name} | {cell([x['esr'] - t['success'] for x, t in pairs], 3)} | "
               + " | ".join(cell([x["closeness"][p] - t["closeness"][p] for x, t in pairs]) for p in PARTS) + " |")
 
+    # Which named attributes are drawn as the source's (read from the identity embedding).
+    named = ("skin", "hair_colour", "hair_style", "eyes", "freckles")
+    kept_rows = [(name, [x["named_attributes_kept"] for x in rows[key] if "named_attributes_kept" in x])
+                 for key, name in VARIANTS]
+    kept_rows += [(name, [x[key]["named_attributes_kept"] for x in floors if "named_attributes_kept" in x.get(key, {})])
+                  for key, name in (("text", "(text floor)"), ("class_word", "(the class word alone)"),
+                                    ("vae_ceiling", "(VAE ceiling)"), ("overfit_ceiling", "(overfit ceiling)"))]
+    if any(k for _, k in kept_rows):
+        print("\nNamed attributes read as the source's (share of generations):\n")
+        print("| variant | identities | " + " | ".join(a.replace("_", " ") for a in named) + " |")
+        print("|---|---|" + "---|" * len(named))
+        for name, k in kept_rows:
+            if k:
+                print(f"| {name} | {len(k)} | " + " | ".join(cell([x[a] for x in k]) for a in named) + " |")
+
     # Head turns: the concept asked for views its source never showed.
     print("\nNovel views (turned left, turned right, in profile; the source is frontal):\n")
     print("| variant | view drawn as asked | closeness | hidden part |")

@@ -627,6 +627,21 @@ TEST(WorldEvaluation, PromptsNameOnlyTheEditsAndScalesReadTheTruth) {
   const world::ScoredRows others = reference.score(edits, at::stack(other));
   EXPECT_LT(others.closeness.whole, 0.5);
   EXPECT_LT(others.closeness.hidden, own.closeness.hidden);
+
+  // The named attributes read back: from the identity target exactly, and from the renders of the
+  // source's face more often than from strangers'.
+  const world::FaceIdentity read = world::named_attributes(world::identity_target(source.face));
+  EXPECT_EQ(read.skin, source.face.skin);
+  EXPECT_EQ(read.hair_colour, source.face.hair_colour);
+  EXPECT_EQ(read.hair_style, source.face.hair_style);
+  EXPECT_EQ(read.eye_colour, source.face.eye_colour);
+  EXPECT_EQ(read.freckles, source.face.freckles);
+  ASSERT_EQ(own.named_kept.size(), 5u);
+  double own_kept = 0, others_kept = 0;
+  for (const auto& [name, share] : own.named_kept) own_kept += share / 5;
+  for (const auto& [name, share] : others.named_kept) others_kept += share / 5;
+  EXPECT_GE(own.named_kept.at("skin"), 0.9);
+  EXPECT_GT(own_kept, others_kept + 0.2);
 }
 
 TEST(WorldDetector, TrainsSavesAndLoadsFromTheCommandLine) {
@@ -724,6 +739,9 @@ TEST(WorldModel, TheCommittedModelGeneratesAndIsMeasured) {
   // What the model's VAE keeps of a face: the committed model's VAE carries most of its identity.
   EXPECT_GE(floors.at("vae_ceiling").at("closeness").at("whole").get<double>(), 0.8);
   EXPECT_GE(floors.at("vae_ceiling").at("success").get<double>(), 0.9);
+  // Which named attributes each row draws as the source's: the VAE keeps the skin tone.
+  EXPECT_EQ(figures.at("named_attributes_kept").size(), 5u);
+  EXPECT_GE(floors.at("vae_ceiling").at("named_attributes_kept").at("skin").get<double>(), 0.9);
   // On renders whose truth is known, the source face with the asked edits reads as closer to the
   // source than other faces in the same scenes.
   EXPECT_LT(figures.at("identity_distance_same_face").get<double>(),

@@ -18,12 +18,15 @@ OverfitResult overfit_unet(BaseModel base, const at::Tensor& pixels, const at::T
     throw Error("overfit: the unconditional share must be within [0, 1]");
   const auto start = std::chrono::steady_clock::now();
   const at::Device device = base.device;
-  at::Tensor mean, std, context;
+  at::Tensor latents, context;
   {
     at::NoGradGuard no_grad;
     const VaePosterior posterior = base.vae->encode(pixels.to(device));
-    mean = posterior.mean.to(at::kFloat);
-    std = posterior.std.to(at::kFloat);
+    // The posterior's mean, not a sample of it each step: a ceiling asks the UNet to redraw the
+    // one latent that decodes to the source, not the spread of latents around it.
+    latents = (posterior.mean.to(at::kFloat) * base.vae->config().scaling_factor)
+                  .expand({options.batch, -1, -1, -1})
+                  .contiguous();
     // Rows [0, conditioned) see the caption, the rest the empty prompt.
     const auto conditioned = static_cast<int64_t>(std::lround(options.batch * (1.0 - options.unconditional_share)));
     auto encode = [&](const at::Tensor& ids, int64_t rows) {
@@ -33,16 +36,14 @@ OverfitResult overfit_unet(BaseModel base, const at::Tensor& pixels, const at::T
   }
   const NoiseSchedule schedule(base.schedule);
   const at::Tensor alphas_cumprod = schedule.alphas_cumprod.to(device);
-  const double scaling = base.vae->config().scaling_factor;
   std::vector<at::Tensor> parameters = base.unet->parameters();
   for (auto& p : parameters) p.set_requires_grad(true);
   base.unet->train();
   AdamW optimizer(parameters, {options.lr, 0.9, 0.999, 1e-8, 0.0});
-  const std::vector<int64_t> shape = {options.batch, mean.size(1), mean.size(2), mean.size(3)};
+  const std::vector<int64_t> shape = latents.sizes().vec();
   std::vector<double> losses;
   for (int step = 0; step < options.steps; ++step) {
     at::Generator generator = make_cpu_generator(step_seed(options.seed, 3, step));
-    const at::Tensor latents = (mean + std * randn_like_torch(shape, generator, device)) * scaling;
     const at::Tensor noise = randn_like_torch(shape, generator, device);
     const at::Tensor timesteps =
         at::randint(0, schedule.num_train_timesteps(), {options.batch}, generator, at::kLong).to(device);

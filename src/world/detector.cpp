@@ -188,6 +188,24 @@ double identity_distance(const Detection& a, const Detection& b, IdentityPart pa
   }
 }
 
+FaceIdentity named_attributes(const at::Tensor& identity) {
+  const at::Tensor named = identity.to(at::kFloat).slice(0, kFaceHiddenWidth);
+  int64_t offset = 0;
+  auto group = [&](size_t width) {
+    const auto size = static_cast<int64_t>(width);
+    const int index = static_cast<int>(named.slice(0, offset, offset + size).argmax().item<int64_t>());
+    offset += size;
+    return index;
+  };
+  FaceIdentity face;
+  face.skin = group(kSkinTones.size());
+  face.hair_colour = group(kHairColours.size());
+  face.hair_style = group(kHairStyles.size());
+  face.eye_colour = group(kEyeColours.size());
+  face.freckles = named[offset].item<float>() > 0.5f;
+  return face;
+}
+
 double cup_identity_distance(const Detection& a, const Detection& b) {
   return (a.cup_identity - b.cup_identity).norm().item<double>();
 }

@@ -158,6 +158,7 @@ ScoredRows SourceReference::score(const std::vector<EditList>& edits, const at::
   ScoredRows rows;
   IdentityParts sum;
   int successes = 0, recoloured = 0, leaks = 0;
+  std::map<std::string, int> named_same;
   for (size_t p = 0; p < edits.size(); ++p) {
     const Scene wanted = edited_scene(source_, edits[p]);
     const std::vector<int64_t> labels = attribute_labels(wanted);
@@ -169,6 +170,14 @@ ScoredRows SourceReference::score(const std::vector<EditList>& edits, const at::
         if (labels[h] != before[h] && labels[h] >= 0) every = every && d.attributes.at(attribute_heads()[h].name) == labels[h];
       prompt_successes += every;
       add(sum, identity_parts(d, source_found_, source_.subject));
+      if (source_.subject == Subject::kFace) {
+        const FaceIdentity read = named_attributes(d.identity), &truth = source_.face;
+        named_same["skin"] += read.skin == truth.skin;
+        named_same["hair_colour"] += read.hair_colour == truth.hair_colour;
+        named_same["hair_style"] += read.hair_style == truth.hair_style;
+        named_same["eyes"] += read.eye_colour == truth.eye_colour;
+        named_same["freckles"] += read.freckles == truth.freckles;
+      }
       if (wanted.background != source_.background) {
         ++recoloured;
         leaks += d.attributes.at("background") == source_.background;
@@ -180,6 +189,7 @@ ScoredRows SourceReference::score(const std::vector<EditList>& edits, const at::
   rows.generations = static_cast<int>(found.size());
   rows.success = static_cast<double>(successes) / rows.generations;
   rows.background_leakage = recoloured ? static_cast<double>(leaks) / recoloured : 0.0;
+  for (const auto& [name, count] : named_same) rows.named_kept[name] = static_cast<double>(count) / rows.generations;
   rows.distance = divided(sum, rows.generations);
   rows.closeness = closeness(rows.distance, scale_for(edits));
   return rows;

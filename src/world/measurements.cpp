@@ -51,11 +51,13 @@ std::vector<std::string> editing_prompts(const Scene& source, const std::vector<
 }
 
 nlohmann::json to_json(const ScoredRows& rows) {
-  return {{"success", rows.success},
-          {"background_leakage", rows.background_leakage},
-          {"identity_distance", to_json(rows.distance)},
-          {"closeness", to_json(rows.closeness)},
-          {"generations", rows.generations}};
+  nlohmann::json out = {{"success", rows.success},
+                        {"background_leakage", rows.background_leakage},
+                        {"identity_distance", to_json(rows.distance)},
+                        {"closeness", to_json(rows.closeness)},
+                        {"generations", rows.generations}};
+  if (!rows.named_kept.empty()) out["named_attributes_kept"] = rows.named_kept;
+  return out;
 }
 
 nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shared_ptr<ModelBundle>()>& fresh_model,
@@ -96,6 +98,7 @@ nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shar
     ceiling["batch"] = options.batch;
     ceiling["lr"] = options.lr;
     ceiling["unconditional_share"] = options.unconditional_share;
+    ceiling["latents"] = "posterior mean";
     ceiling["loss_first"] = result.loss_first;
     ceiling["loss_last"] = result.loss_last;
     ceiling["seconds"] = result.seconds;

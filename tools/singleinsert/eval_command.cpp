@@ -253,7 +253,8 @@ void add_concept(CLI::App& eval) {
                                   {"source", world::to_json(source)}, {"seeds", args->seeds},
                                   {"steps", args->steps}, {"guidance", args->guidance},
                                   {"overfit_steps", args->overfit_steps}, {"overfit_lr", args->overfit_lr},
-                                  {"overfit_unconditional", args->overfit_unconditional}};
+                                  {"overfit_unconditional", args->overfit_unconditional},
+                                  {"overfit_latents", "posterior mean"}};
       if (!args->floors.empty() && fs::exists(args->floors)) {
         const nlohmann::json kept = nlohmann::json::parse(read_file(args->floors));
         if (kept.value("key", nlohmann::json()) == key) floors = kept.at("floors");
@@ -294,6 +295,7 @@ void add_concept(CLI::App& eval) {
                              {"identity_distance_same_face", scale.same.whole},
                              {"identity_distance_other_faces", scale.other.whole},
                              {"prompts", per_prompt}};
+    if (!rows.named_kept.empty()) record["named_attributes_kept"] = rows.named_kept;
     if (!cup) {
       const std::vector<world::EditList> views = world::novel_view_edits();
       record["novel_view"] = world::to_json(
@@ -323,6 +325,7 @@ void add_concept(CLI::App& eval) {
     line("identity_distance_same_face", scale.same.whole);
     line("identity_distance_other_faces", scale.other.whole);
     for (const char* part : {"whole", "named", "hidden"}) line(std::string("closeness_") + part, record["closeness"][part]);
+    for (const auto& [name, share] : rows.named_kept) line("kept_" + name, share);
     if (record.contains("novel_view")) {
       line("novel_view_success", record["novel_view"]["success"]);
       line("novel_view_closeness_whole", record["novel_view"]["closeness"]["whole"]);

@@ -1,7 +1,8 @@
 #pragma once
 // The overfit ceiling of the toy world's evaluation: every UNet weight fine-tuned on one image
-// and its caption until the model redraws it. What generations of that caption then show is
-// what the model can draw of the image at all, the upper end a concept is measured against.
+// (the latent of its VAE posterior mean) and its caption until the model redraws it. What
+// generations of that caption then show is what the model can draw of the image at all, the
+// upper end a concept is measured against.
 #include <ATen/core/Tensor.h>
 
 #include "singleinsert/core/progress.h"

@@ -62,6 +62,9 @@ std::vector<Detection> detect(WorldDetector& detector, const at::Tensor& images)
 enum class IdentityPart { kWhole, kNamed, kHidden };
 double identity_distance(const Detection& a, const Detection& b, IdentityPart part = IdentityPart::kWhole);
 double cup_identity_distance(const Detection& a, const Detection& b);
+// The named attributes read from a face identity embedding: the largest of each one-hot group
+// (skin, hair colour, hair style, eyes), freckles above one half. Only `named` fields are set.
+FaceIdentity named_attributes(const at::Tensor& identity);
 
 struct DetectorTrainingOptions {
   int steps = 3000;

@@ -8,6 +8,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <deque>
+#include <map>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
@@ -55,6 +56,9 @@ struct ScoredRows {
   double background_leakage = 0;  // share showing the source background when another was asked
   IdentityParts distance;         // mean over the generations
   IdentityParts closeness;
+  // Faces: the share of generations whose named attributes read as the source's, per attribute
+  // (skin, hair_colour, hair_style, eyes, freckles): which words a concept fails to carry.
+  std::map<std::string, double> named_kept;
   std::vector<double> per_prompt_success;
   int generations = 0;
 };
