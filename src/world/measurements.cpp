@@ -98,7 +98,7 @@ nlohmann::json measure_floors(ModelBundle& bundle, const std::function<std::shar
     ceiling["batch"] = options.batch;
     ceiling["lr"] = options.lr;
     ceiling["unconditional_share"] = options.unconditional_share;
-    ceiling["latents"] = "posterior mean";
+    ceiling["latents"] = kOverfitLatents;
     ceiling["loss_first"] = result.loss_first;
     ceiling["loss_last"] = result.loss_last;
     ceiling["seconds"] = result.seconds;

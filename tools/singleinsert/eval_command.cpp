@@ -254,7 +254,7 @@ void add_concept(CLI::App& eval) {
                                   {"steps", args->steps}, {"guidance", args->guidance},
                                   {"overfit_steps", args->overfit_steps}, {"overfit_lr", args->overfit_lr},
                                   {"overfit_unconditional", args->overfit_unconditional},
-                                  {"overfit_latents", "posterior mean"}};
+                                  {"overfit_latents", world::kOverfitLatents}};
       if (!args->floors.empty() && fs::exists(args->floors)) {
         const nlohmann::json kept = nlohmann::json::parse(read_file(args->floors));
         if (kept.value("key", nlohmann::json()) == key) floors = kept.at("floors");

@@ -34,6 +34,9 @@ std::vector<std::string> editing_prompts(const Scene& source, const std::vector<
 
 nlohmann::json to_json(const ScoredRows& rows);
 
+// What the overfit ceiling's UNet learns of the source (a floors file made otherwise is stale).
+constexpr const char* kOverfitLatents = "posterior mean";
+
 struct FloorSettings {
   DrawSettings draw;
   int seeds = 3;           // generations per prompt
